@@ -1,0 +1,229 @@
+"""The paper's experiments as functions: what a notebook calls after its ``parameters`` cell.
+
+``setup(profile, ...)`` gives an :class:`Experiment` (profile + run store + device).
+Its methods return cached or freshly trained runs; the ``table*`` functions turn
+runs into the DataFrames the notebooks show, one row per table cell, with
+accuracies as mean and std over seeds and energy, CO2 and FLOPs per seed
+(mean over seeds) under the experiment's PUE and carbon intensity.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .carbon import EnergyReport
+from .config import RunConfig, TemperatureSpec
+from .engine import RunResult, train_run
+from .profiles import Profile, load_profile
+from .store import RunStore, atomic_write_bytes, atomic_write_json
+from .sweep import TunedResult, tuned_sweep
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Experiment:
+    """A profile bound to a run store, a device and a data root."""
+
+    profile: Profile
+    store: RunStore
+    device: str = "auto"
+    data_root: Optional[str] = None
+    progress: bool = True
+
+    @property
+    def pue(self) -> float:
+        return self.profile.pue
+
+    @property
+    def carbon_intensity(self) -> float:
+        return self.profile.carbon_intensity_g_per_kwh
+
+    def run(self, config: RunConfig) -> RunResult:
+        return train_run(config, self.store, self.device, self.data_root, self.progress)
+
+    def teacher(self, dataset: str, seed: int, model: Optional[str] = None) -> RunResult:
+        return self.run(self.profile.teacher_config(dataset, seed, model))
+
+    def student(self, dataset: str, seed: int, model: Optional[str] = None) -> RunResult:
+        return self.run(self.profile.student_config(dataset, seed, model))
+
+    def stochastic(self, dataset: str, seed: int, loss: str = "hkd", **kw) -> RunResult:
+        return self.run(self.profile.kd_config(dataset, seed, loss, self.profile.stochastic(), **kw))
+
+    def tuned(self, dataset: str, seed: int, loss: str = "hkd", taus: Optional[Sequence[float]] = None, **kw) -> TunedResult:
+        base = self.profile.kd_config(dataset, seed, loss, TemperatureSpec.fixed(1.0), **kw)
+        return tuned_sweep(base, taus or self.profile.tau_grid, self.store, self.device, self.data_root, self.progress)
+
+    def energy(self, report: EnergyReport) -> EnergyReport:
+        """A report re-derived with this experiment's PUE and carbon intensity."""
+        return report.with_constants(pue=self.pue, carbon_intensity_g_per_kwh=self.carbon_intensity)
+
+    def constants_note(self) -> str:
+        return (
+            f"PUE {self.pue:g} (the paper's), carbon intensity {self.carbon_intensity:g} g CO2eq/kWh; "
+            "kWh columns: energy_kwh is device energy, energy_kwh_pue includes PUE (the paper's kWh include PUE)"
+        )
+
+
+def setup(
+    profile: str = "demo",
+    results_dir: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    device: Optional[str] = None,
+    progress: bool = True,
+    **overrides,
+) -> Experiment:
+    """Load ``profile`` with ``overrides`` (None values are ignored) and open its run store.
+
+    ``results_dir`` defaults to ``$GREENKD_RESULTS`` or ``<repo>/results/<profile>``.
+    """
+    prof = load_profile(profile, device=device, **overrides)
+    results_dir = results_dir or os.environ.get("GREENKD_RESULTS") or REPO_ROOT / "results" / profile
+    data_root = data_root or os.environ.get("GREENKD_DATA_ROOT")
+    if os.environ.get("GREENKD_PROGRESS") == "0":
+        progress = False
+    return Experiment(prof, RunStore(results_dir), prof.device, None if data_root is None else str(data_root), progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning runs into table rows
+# ---------------------------------------------------------------------------------------------
+def summarise(exp: Experiment, results: Sequence[RunResult | TunedResult], **keys) -> Dict[str, Any]:
+    """One table row from the per-seed results of one cell."""
+    accuracies = np.array([r.test_accuracy for r in results], dtype=float)
+    energies = [exp.energy(r.energy) for r in results]
+    sources = sorted({e.source for e in energies})
+    methods = sorted({f"{c.name}: {c.source} ({c.method})" for e in energies for c in e.components.values()})
+    row = dict(keys)
+    row.update(
+        {
+            "accuracy_pct": float(accuracies.mean()),
+            "accuracy_pct_std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
+            "n_seeds": len(results),
+            "training_gflops_millions": float(np.mean([r.training_gflops_millions for r in results])),
+            "energy_kwh": float(np.mean([e.energy_kwh for e in energies])),
+            "energy_kwh_pue": float(np.mean([e.energy_kwh_pue for e in energies])),
+            "co2_g": float(np.mean([e.co2_g for e in energies])),
+            "wall_time_s": float(np.mean([r.wall_time_s for r in results])),
+            "energy_source": "/".join(sources),
+            "energy_method": "; ".join(methods),
+        }
+    )
+    tuned = [r for r in results if isinstance(r, TunedResult)]
+    if tuned:
+        row["tau"] = "chosen on validation: " + ", ".join(f"{r.chosen_tau:g}" for r in tuned)
+        row["grid_size"] = len(tuned[0].runs)
+    elif results and results[0].tau.get("mode") == "stochastic":
+        t = results[0].tau
+        row["tau"] = f"U[{t['low']:g}, {t['high']:g}] per batch"
+        row["grid_size"] = 1
+    else:
+        row["tau"] = ""
+        row["grid_size"] = 1
+    return row
+
+
+def table1(exp: Experiment, loss: str = "hkd") -> pd.DataFrame:
+    """Table 1: teacher, student, tuned KD and stochastic KD per dataset."""
+    rows = []
+    for dataset in exp.profile.datasets:
+        seeds = exp.profile.seeds
+        cells = {
+            "teacher": [exp.teacher(dataset, s) for s in seeds],
+            "student": [exp.student(dataset, s) for s in seeds],
+            "kd_tuned": [exp.tuned(dataset, s, loss) for s in seeds],
+            "kd_stochastic": [exp.stochastic(dataset, s, loss) for s in seeds],
+        }
+        for method, results in cells.items():
+            model = exp.profile.teacher_model if method == "teacher" else exp.profile.student_model
+            rows.append(summarise(exp, results, dataset=dataset, method=method, model=model))
+    return pd.DataFrame(rows)
+
+
+def table4(exp: Experiment, losses: Optional[Iterable[str]] = None) -> pd.DataFrame:
+    """Table 4: HKD, CMC and DML, each tuned (grid) vs stochastic, per dataset."""
+    rows = []
+    for dataset in exp.profile.datasets:
+        for loss in losses or exp.profile.losses:
+            for method in ("kd_tuned", "kd_stochastic"):
+                results = [
+                    exp.tuned(dataset, s, loss) if method == "kd_tuned" else exp.stochastic(dataset, s, loss)
+                    for s in exp.profile.seeds
+                ]
+                rows.append(summarise(exp, results, dataset=dataset, loss=loss, method=method))
+    return pd.DataFrame(rows)
+
+
+def energy_ratio(table: pd.DataFrame, by: Sequence[str] = ("dataset",)) -> pd.DataFrame:
+    """Energy of the tuned sweep over the stochastic run, per group: the paper's headline (~grid size)."""
+    out = []
+    for key, group in table.groupby(list(by)):
+        tuned = group[group["method"] == "kd_tuned"]
+        stoch = group[group["method"] == "kd_stochastic"]
+        if tuned.empty or stoch.empty:
+            continue
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        row["grid_size"] = int(tuned["grid_size"].iloc[0])
+        row["energy_ratio_tuned_over_stochastic"] = float(tuned["energy_kwh"].iloc[0] / stoch["energy_kwh"].iloc[0])
+        row["flops_ratio_tuned_over_stochastic"] = float(
+            tuned["training_gflops_millions"].iloc[0] / stoch["training_gflops_millions"].iloc[0]
+        )
+        row["accuracy_difference_pct"] = float(stoch["accuracy_pct"].iloc[0] - tuned["accuracy_pct"].iloc[0])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing what a notebook produces
+# ---------------------------------------------------------------------------------------------
+def output_dir_for(profile: str, output_dir: str | os.PathLike | None = None) -> Path:
+    path = Path(output_dir) if output_dir else REPO_ROOT / "figures" / profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_table(table: pd.DataFrame, output_dir: str | os.PathLike, name: str, note: str = "") -> List[Path]:
+    """``name.csv`` (full precision) and ``name.md`` (rounded, with ``note`` above it)."""
+    output_dir = Path(output_dir)
+    csv_path, md_path = output_dir / f"{name}.csv", output_dir / f"{name}.md"
+    atomic_write_bytes(csv_path, table.to_csv(index=False).encode())
+    markdown = table.to_markdown(index=False, floatfmt=".4g")
+    atomic_write_bytes(md_path, ((note + "\n\n") if note else "").encode() + markdown.encode() + b"\n")
+    return [csv_path, md_path]
+
+
+def write_summary(exp: Experiment, output_dir: str | os.PathLike, name: str, tables: Dict[str, pd.DataFrame]) -> Path:
+    """A small JSON beside the outputs (energy totals, constants) that run_all.sh folds into its manifest."""
+    totals = {}
+    for key, table in tables.items():
+        if "energy_kwh" in table:
+            totals[key] = {
+                "energy_kwh_per_seed_sum_of_rows": float(table["energy_kwh"].sum()),
+                "co2_g_per_seed_sum_of_rows": float(table["co2_g"].sum()),
+                "energy_source": sorted(set("/".join(table["energy_source"]).split("/"))),
+            }
+    path = Path(output_dir) / f"{name}.summary.json"
+    atomic_write_json(
+        path,
+        {
+            "notebook": name,
+            "profile": exp.profile.name,
+            "pue": exp.pue,
+            "carbon_intensity_g_per_kwh": exp.carbon_intensity,
+            "device": exp.device,
+            "results_dir": str(exp.store.root),
+            "tables": totals,
+        },
+    )
+    return path

@@ -1,0 +1,131 @@
+"""Every notebook runs headlessly at the smoke profile and writes what it promises.
+
+The notebooks share one run store for the whole module, as they do in run_all.sh,
+so a teacher trained by one notebook is reused by the next.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def kernel_name() -> str:
+    from jupyter_client.kernelspec import find_kernel_specs
+
+    return "greenkd" if "greenkd" in find_kernel_specs() else "python3"
+
+
+@pytest.fixture(scope="module")
+def smoke_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    return {"results": root / "results", "out": root / "figures"}
+
+
+def execute(name: str, dirs, **params) -> Path:
+    import papermill as pm
+
+    out = dirs["out"]
+    out.mkdir(parents=True, exist_ok=True)
+    executed = out / f"{name}.ipynb"
+    pm.execute_notebook(
+        str(REPO / "notebooks" / f"{name}.ipynb"),
+        str(executed),
+        parameters={"profile": "smoke", "results_dir": str(dirs["results"]), "output_dir": str(out), **params},
+        kernel_name=kernel_name(),
+        cwd=str(REPO / "notebooks"),
+        progress_bar=False,
+    )
+    return out
+
+
+# -- the notebooks as committed ---------------------------------------------------------------
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} is committed with outputs: clear them"
+            assert cell.execution_count is None, f"{path.name} is committed with execution counts"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_a_parameters_cell_with_profile_first(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    assert tagged[0].source.splitlines()[0].startswith('profile = "demo"')
+    assert nb.metadata["kernelspec"]["name"] == "greenkd"
+
+
+def test_every_notebook_is_smoke_tested_here():
+    tested = {name for name in SMOKE_CHECKS}
+    assert {p.stem for p in NOTEBOOKS} <= tested, "a notebook has no smoke test in tests/test_notebooks.py"
+
+
+# -- executing them at the smoke profile ---------------------------------------------------------
+def check_start_here(out: Path):
+    assert (out / "start_here_softmax_temperature.png").stat().st_size > 0
+    assert (out / "start_here_stochastic_run.pdf").stat().st_size > 0
+
+
+def check_table1(out: Path):
+    table = pd.read_csv(out / "table1.csv")
+    assert list(table["method"]) == ["teacher", "student", "kd_tuned", "kd_stochastic"]
+    assert table["accuracy_pct"].between(0, 100).all()
+    assert (table["n_seeds"] == 2).all()
+    assert (table["energy_kwh"] > 0).all() and (table["co2_g"] > 0).all()
+    assert set(table["energy_source"]) <= {"measured", "estimated", "partly estimated"}
+    tuned = table.set_index("method").loc["kd_tuned"]
+    stochastic = table.set_index("method").loc["kd_stochastic"]
+    # The tuned row pays for its whole grid (2 taus in the smoke profile): twice the training FLOPs.
+    assert tuned["training_gflops_millions"] == pytest.approx(2 * stochastic["training_gflops_millions"], rel=1e-6)
+    comparison = pd.read_csv(out / "table1_vs_paper.csv")
+    assert {"ours", "paper", "difference", "paper_dataset"} <= set(comparison.columns)
+    assert comparison["paper"].notna().all()
+    assert (out / "table1.png").is_file() and (out / "table1.pdf").is_file()
+    assert "PUE" in (out / "table1.md").read_text()
+
+
+def check_table4(out: Path):
+    table = pd.read_csv(out / "table4.csv")
+    assert set(table["loss"]) == {"hkd", "cmc", "dml"}
+    assert len(table) == 6 and set(table["method"]) == {"kd_tuned", "kd_stochastic"}
+    assert table["accuracy_pct"].between(0, 100).all()
+    assert (table["accuracy_pct_std"] >= 0).all()
+    ratios = pd.read_csv(out / "table4_energy_ratio.csv")
+    assert (ratios["flops_ratio_tuned_over_stochastic"].round(6) == 2.0).all()
+    comparison = pd.read_csv(out / "table4_vs_paper.csv")
+    assert set(comparison["metric"]) == {"accuracy_pct", "training_gflops_millions", "energy_kwh_pue", "co2_g"}
+    assert (out / "table4_digits.png").is_file()
+    summary = json.loads((out / "table4_kd_losses.summary.json").read_text())
+    assert summary["profile"] == "smoke" and summary["pue"] == 1.67
+
+
+SMOKE_CHECKS = {
+    "00_start_here": check_start_here,
+    "table1_carbon_footprint": check_table1,
+    "table4_kd_losses": check_table4,
+}
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", sorted(SMOKE_CHECKS))
+def test_notebook_runs_at_smoke_profile(name, smoke_dirs):
+    out = execute(name, smoke_dirs)
+    SMOKE_CHECKS[name](out)
+
+
+@pytest.mark.notebook
+def test_unknown_parameter_is_an_error(smoke_dirs):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError, match="unknown profile"):
+        execute("table1_carbon_footprint", smoke_dirs, profile="nonsense")
