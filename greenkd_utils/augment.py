@@ -2,7 +2,8 @@
 
 One ``grid_sample`` call applies the padded random crop (an integer translation
 with zero fill) and the random rotation to the whole batch, so augmentation
-never needs a host-side loop over images or a DataLoader worker.
+never needs a host-side loop over images or a DataLoader worker. Without
+rotation the crop is one batched integer gather, which copies pixels exactly.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -301,6 +301,60 @@ def objective(config: RunConfig, student_logits, teacher_logits, targets, tau) -
     )
 
 
+def train_epoch(
+    student: torch.nn.Module,
+    teacher: Optional[torch.nn.Module],
+    train: Tuple[torch.Tensor, torch.Tensor],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    taus: Optional[torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]], torch.Tensor],
+    augment: BatchAugment,
+    generator: torch.Generator,
+    plan: ExecutionPlan,
+    batch_size: int,
+    fixed_teacher_logits: Optional[torch.Tensor] = None,
+    on_step: Optional[Callable[[], None]] = None,
+) -> Dict[str, Any]:
+    """One pass over ``train`` (uint8 images and labels on the device). ``taus[step]`` is the step's tau.
+
+    Returns the epoch's loss sum and correct count as device tensors (reading them is the caller's one
+    host sync) and, as Python ints, the samples seen and the teacher images forwarded.
+    """
+    images_all, labels_all = train
+    device = labels_all.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = teacher_forwards = 0
+    for step, idx in enumerate(shuffled_batches(labels_all.numel(), batch_size, generator, device)):
+        images, labels = images_all[idx], labels_all[idx]
+        x = plan.prepare_batch(standardize(augment(images.float() / 255.0, generator), mean, std))
+        with plan.autocast():
+            teacher_logits = None
+            if fixed_teacher_logits is not None:
+                teacher_logits = fixed_teacher_logits[idx]
+            elif teacher is not None:
+                with torch.inference_mode():
+                    teacher_logits = teacher(x)
+                # An inference-mode tensor cannot be saved for the student's backward; a copy can.
+                teacher_logits = teacher_logits.clone()
+                teacher_forwards += labels.numel()
+            student_logits = student(x)
+        loss = loss_fn(student_logits, teacher_logits, labels, taus[step] if taus is not None else None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * labels.numel()
+        correct += (student_logits.detach().argmax(1) == labels).sum()
+        seen += labels.numel()
+        if on_step is not None:
+            on_step()
+    return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "teacher_forwards": teacher_forwards}
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
@@ -396,41 +450,35 @@ def _train(
             # tau is drawn here: one value per batch for the whole epoch, copied to the device once.
             epoch_taus = temperature.sample_many(n_steps) if temperature is not None else np.zeros(0)
             taus_device = torch.as_tensor(epoch_taus, dtype=torch.float32, device=device)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device)
-            seen = 0
             if teacher is not None and fixed_teacher_logits is None and augment.is_identity:
                 # Without augmentation the teacher sees the same images every epoch: one pass serves the run.
                 fixed_teacher_logits = predict_logits(teacher, data.train[0], data.mean, data.std, plan=plan)
                 teacher_forwards += data.train[1].numel()
-            for step, idx in enumerate(shuffled_batches(data.train[1].numel(), batch_size, generator, device)):
-                images, labels = data.train[0][idx], data.train[1][idx]
-                x = plan.prepare_batch(standardize(augment(images.float() / 255.0, generator), data.mean, data.std))
-                with plan.autocast():
-                    teacher_logits = None
-                    if fixed_teacher_logits is not None:
-                        teacher_logits = fixed_teacher_logits[idx]
-                    elif step_teacher is not None:
-                        with torch.no_grad():
-                            teacher_logits = step_teacher(x)
-                        teacher_forwards += labels.numel()
-                    student_logits = step_model(x)
-                tau = taus_device[step] if temperature is not None else None
-                loss = objective(config, student_logits, teacher_logits, labels, tau)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.detach() * labels.numel()
-                correct += (student_logits.detach().argmax(1) == labels).sum()
-                seen += labels.numel()
-                bar.update(1)
+            stats = train_epoch(
+                step_model,
+                step_teacher,
+                data.train,
+                data.mean,
+                data.std,
+                optimizer,
+                scheduler,
+                taus_device if temperature is not None else None,
+                lambda s, t, y, tau: objective(config, s, t, y, tau),
+                augment,
+                generator,
+                plan,
+                batch_size,
+                fixed_teacher_logits=fixed_teacher_logits,
+                on_step=lambda: bar.update(1),
+            )
+            teacher_forwards += stats["teacher_forwards"]
+            seen = stats["seen"]
 
             # The one host synchronisation of the epoch.
             val_acc = accuracy_tensor(model, *data.val, data.mean, data.std, plan)
             test_acc = accuracy_tensor(model, *data.test, data.mean, data.std, plan)
             train_loss, train_acc, val_acc, test_acc = (
-                torch.stack([loss_sum / seen, correct * 100.0 / seen, val_acc, test_acc]).tolist()
+                torch.stack([stats["loss_sum"] / seen, stats["correct"] * 100.0 / seen, val_acc, test_acc]).tolist()
             )
             taus_used.append(epoch_taus)
             energy = meter.snapshot() if energy_before is None else energy_before + meter.snapshot()
@@ -438,7 +486,8 @@ def _train(
             history.append(
                 {
                     "epoch": epoch + 1,
-                    "lr": optimizer.param_groups[0]["lr"],
+                    # The epoch's own (last step's) lr; the optimiser already holds the next epoch's.
+                    "lr": settings.lr * lr_factor((epoch + 1) * n_steps - 1, n_steps, settings),
                     "train_loss": train_loss,
                     "train_accuracy": train_acc,
                     "val_accuracy": val_acc,

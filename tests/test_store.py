@@ -222,7 +222,7 @@ def _ask_for_run(root: str, config_dict: dict, counter: str, barrier, results) -
 
     barrier.wait(timeout=60)
     record = run_store.get_or_run(config, train)
-    results.put((os.getpid(), record))
+    results.put((os.getpid(), record, config.key))
 
 
 def test_two_processes_train_the_same_run_once(tmp_path, config):
@@ -243,7 +243,9 @@ def test_two_processes_train_the_same_run_once(tmp_path, config):
         assert p.exitcode == 0
     trainers = counter.read_text().split()
     assert len(trainers) == 1  # trained once
-    records = [record for _, record in got]
+    records = [record for _, record, _ in got]
     assert records[0] == records[1] == {"trained_by": int(trainers[0])}
-    assert {pid for pid, _ in got} == {p.pid for p in procs}
+    assert {pid for pid, _, _ in got} == {p.pid for p in procs}
+    # The key is stable across processes (each has its own hash seed): both found the parent's run.
+    assert [key for _, _, key in got] == [config.key, config.key]
     assert RunStore(root).is_finished(config)

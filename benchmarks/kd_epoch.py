@@ -1,0 +1,203 @@
+"""Time one KD epoch: the conventional loop against greenkd's fast path, in the same process.
+
+    python benchmarks/kd_epoch.py                       # CIFAR and Tiny ImageNet shapes, batch 128 and 512
+    python benchmarks/kd_epoch.py --images 2048 --shapes cifar --batch-sizes 128   # a quick CPU check
+
+Workload: ResNet18 teacher -> MobileNetV2 student, HKD, stochastic tau, on synthetic data of the paper's
+shapes (CIFAR: 50,000 x 3 x 32 x 32, 10 classes; Tiny ImageNet: 100,000 x 3 x 64 x 64, 200 classes).
+
+(a) conventional: a torchvision-style DataLoader over PIL images with PIL transforms (random crop after
+    4-pixel padding, flip, rotation up to 15 degrees), worker processes, fp32, the teacher under no_grad.
+(b) fast: greenkd's engine.train_epoch: uint8 data on the device, batched augmentation there, bf16 autocast
+    and channels_last on CUDA, a fused optimiser, the teacher in inference mode, no per-batch host sync,
+    optionally torch.compile.
+
+Prints images/s, seconds per epoch, energy per epoch (GPU: NVML's energy counter, measured; CPU: what
+EnergyMeter can read, labelled) and the speed-up. A benchmark prints numbers; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from greenkd_utils.augment import BatchAugment
+from greenkd_utils.carbon import EnergyMeter
+from greenkd_utils.config import AugmentSettings, TrainSettings
+from greenkd_utils.engine import ExecutionPlan, make_optimizer, train_epoch
+from greenkd_utils.losses import kd_loss
+from greenkd_utils.models import create_model
+from greenkd_utils.temperature import make_temperature
+
+SHAPES = {"cifar": (50_000, 32, 10), "tinyimagenet": (100_000, 64, 200)}
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+class PILImages(Dataset):
+    """What a conventional pipeline does: one PIL image per sample, transformed in a worker."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, size: int):
+        self.images, self.labels = images, labels
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomCrop(size, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.RandomRotation(15),
+                transforms.ToTensor(),
+                transforms.Normalize(MEAN, STD),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+@dataclass
+class Timing:
+    images: int
+    seconds: float
+    energy_kwh: float
+    energy_label: str
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def conventional_epoch(teacher, student, images_hwc, labels, batch_size, device, workers) -> Timing:
+    loader = DataLoader(
+        PILImages(images_hwc, labels, images_hwc.shape[1]),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    temperature = make_temperature("stochastic", low=2.0, high=20.0, seed=0)
+    teacher.eval()
+    student.train()
+    seen = 0
+    synchronize(device)
+    with EnergyMeter(device=device) as meter:
+        start = time.perf_counter()
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.no_grad():
+                t = teacher(x)
+            loss = kd_loss("hkd", student(x), t, y, temperature.sample())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += y.numel()
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    return Timing(seen, seconds, meter.report.energy_kwh, meter.report.source)
+
+
+def fast_epoch(teacher, student, images_u8, labels, batch_size, device, compile_models, warmup: bool) -> Timing:
+    settings = TrainSettings(epochs=1, batch_size=batch_size, fast=True, compile=compile_models,
+                             augment=AugmentSettings(crop_padding=4, flip=True, rotation_deg=15.0))
+    plan = ExecutionPlan.for_run(settings, device)
+    student = plan.prepare_model(student)
+    teacher = plan.prepare_model(teacher).eval()
+    step_student = torch.compile(student) if plan.compile else student
+    step_teacher = torch.compile(teacher) if plan.compile else teacher
+    optimizer = make_optimizer(student, settings, plan)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    mean = torch.tensor(MEAN, device=device)
+    std = torch.tensor(STD, device=device)
+    temperature = make_temperature("stochastic", low=2.0, high=20.0, seed=0)
+    generator = torch.Generator(device=device).manual_seed(0)
+    augment = BatchAugment(settings.augment)
+
+    def objective(s, t, y, tau):
+        return kd_loss("hkd", s.float(), t.float(), y, tau)
+
+    def one_epoch(n_images: int):
+        steps = n_images // batch_size
+        taus = torch.as_tensor(temperature.sample_many(steps), dtype=torch.float32, device=device)
+        return train_epoch(step_student, step_teacher, (images_u8[:n_images], labels[:n_images]), mean, std,
+                           optimizer, scheduler, taus, objective, augment, generator, plan, batch_size)
+
+    if warmup:  # compile and autotune outside the timed epoch
+        one_epoch(min(len(labels), 4 * batch_size))
+    synchronize(device)
+    with EnergyMeter(device=device) as meter:
+        start = time.perf_counter()
+        stats = one_epoch(len(labels))
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    return Timing(int(stats["seen"]), seconds, meter.report.energy_kwh, meter.report.source)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 512])
+    parser.add_argument("--images", type=int, default=None, help="images per epoch (default: the full shape)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's models")
+    parser.add_argument("--skip-conventional", action="store_true")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
+                          ("cpu" if args.device == "auto" else args.device))
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}"
+          f" | torch {torch.__version__} | python {platform.python_version()} | workers {args.workers}"
+          f" | compile {args.compile}")
+    if device.type == "cuda":
+        print(f"driver: {torch.cuda.get_device_properties(device).name}, CUDA {torch.version.cuda}")
+    print(f"{'shape':<13}{'batch':>6}{'path':>14}{'images':>9}{'s/epoch':>10}{'images/s':>11}{'kWh/epoch':>12}  energy")
+    for shape in args.shapes:
+        full, size, classes = SHAPES[shape]
+        n = min(args.images or full, full)
+        rng = np.random.default_rng(0)
+        images_hwc = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+        labels_np = rng.integers(0, classes, size=n)
+        images_u8 = torch.from_numpy(images_hwc).permute(0, 3, 1, 2).contiguous().to(device)
+        labels = torch.from_numpy(labels_np).to(device)
+        for batch_size in args.batch_sizes:
+            torch.manual_seed(0)
+            teacher = create_model("resnet18", classes).to(device)
+            student = create_model("mobilenetv2", classes).to(device)
+            rows = []
+            if not args.skip_conventional:
+                rows.append(("conventional", conventional_epoch(teacher, student, images_hwc, labels_np,
+                                                                batch_size, device, args.workers)))
+            torch.manual_seed(0)
+            student = create_model("mobilenetv2", classes).to(device)
+            rows.append(("fast", fast_epoch(teacher, student, images_u8, labels, batch_size, device,
+                                            args.compile, warmup=True)))
+            for name, t in rows:
+                print(f"{shape:<13}{batch_size:>6}{name:>14}{t.images:>9}{t.seconds:>10.2f}{t.images_per_s:>11.0f}"
+                      f"{t.energy_kwh:>12.2e}  {t.energy_label}")
+            if len(rows) == 2:
+                print(f"{'':<19}speed-up (fast / conventional images per s): "
+                      f"{rows[1][1].images_per_s / rows[0][1].images_per_s:.2f}x")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
