@@ -30,11 +30,14 @@ case " $PROFILES " in
   *) echo "run_all.sh: unknown profile '$profile'; valid: $PROFILES" >&2; exit 2 ;;
 esac
 if [ "$profile" = paper ] && [ -z "$data_root" ] && [ -z "${GREENKD_DATA_ROOT:-}" ]; then
-  echo "run_all.sh: the paper profile reads CIFAR-10/100 and Tiny ImageNet from a local folder: pass --data-root DIR" >&2
+  echo "run_all.sh: the paper profile reads CIFAR-10/100, Tiny ImageNet and VOCdevkit/ from a local folder: pass --data-root DIR" >&2
   exit 2
 fi
 
 source "$REPO/scripts/setup_env.sh"
+# The CPU profiles' small models are overhead-bound: one thread per process is faster on a small machine
+# and never thrashes when something else runs (docs/protocol.md, "CPU threads").
+if [ "$profile" != paper ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
 
 out="$REPO/figures/$profile"
 results_dir="${results_dir:-$REPO/results/$profile}"

@@ -29,6 +29,27 @@ def _floats(obj, *names: str) -> None:
             object.__setattr__(obj, name, float(value))
 
 
+def config_key(config_dict: Dict[str, Any]) -> str:
+    """Hash of a config's canonical JSON form: equal configs share a key, any change gives a new one."""
+    canonical = json.dumps(config_dict, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class StoredConfig:
+    """What :class:`~greenkd_utils.store.RunStore` needs from a frozen dataclass config besides a ``name``:
+    a plain dict, a content hash as key, and a copy with changes."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def key(self) -> str:
+        return config_key(self.to_dict())
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
 class AugmentSettings:
     """The paper's augmentation: random crop after padding, horizontal flip, rotation."""
@@ -104,7 +125,7 @@ class TemperatureSpec:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(StoredConfig):
     """One training run: a teacher or student trained with cross-entropy, or a KD student."""
 
     role: str
@@ -142,9 +163,6 @@ class RunConfig:
             raise ValueError(f"val_fraction must lie in [0, 1); got {self.val_fraction}")
 
     # -- identity -------------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
         d = dict(d)
@@ -156,12 +174,6 @@ class RunConfig:
         return cls(**d)
 
     @property
-    def key(self) -> str:
-        """Hash of the canonical JSON form: equal configs share a key, any change gives a new one."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    @property
     def name(self) -> str:
         """Readable folder/progress-bar name; the key keeps it unique."""
         parts = [self.role, self.dataset, self.model]
@@ -170,9 +182,6 @@ class RunConfig:
             parts += [self.loss, self.temperature.short().replace("~", "").replace("[", "").replace("]", "")]
         parts.append(f"s{self.seed}")
         return "_".join(parts)
-
-    def replace(self, **changes) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
 
     @property
     def temperature_seed(self) -> int:

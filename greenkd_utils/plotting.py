@@ -85,3 +85,49 @@ def plot_cost_and_accuracy(table, group: str, title: str, methods: Iterable[str]
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_tau_and_batch_size(tau_table, batch_table, title: str):
+    """Figure 3: (a) test accuracy per fixed tau with the stochastic run as a band (mean +- std over seeds);
+    (b) stochastic-tau accuracy per batch size. Both x-axes are log2 when the values span 8x or more."""
+    import numpy as np
+
+    use_style()
+    fig, (ax_tau, ax_batch) = plt.subplots(1, 2, figsize=(11, 4))
+    fixed = tau_table[tau_table["temperature"] == "fixed"].sort_values("tau")
+    stochastic = tau_table[tau_table["temperature"] == "stochastic"]
+    tuned_color, stochastic_color = method_color("kd_tuned"), method_color("kd_stochastic")
+    ax_tau.errorbar(fixed["tau"], fixed["accuracy_pct"], yerr=fixed["accuracy_pct_std"], marker="o", capsize=3,
+                    color=tuned_color, label="KD, fixed tau (one grid run each)")
+    chosen = fixed[fixed["chosen_on_validation_by_n_seeds"] > 0]
+    ax_tau.scatter(chosen["tau"], chosen["accuracy_pct"], s=140, facecolors="none", edgecolors=tuned_color,
+                   linewidths=1.5, zorder=3, label="chosen on validation (by >= 1 seed)")
+    if len(stochastic):
+        mean, std = float(stochastic["accuracy_pct"].iloc[0]), float(stochastic["accuracy_pct_std"].iloc[0])
+        ax_tau.axhspan(mean - std, mean + std, color=stochastic_color, alpha=0.2, lw=0)
+        ax_tau.axhline(mean, color=stochastic_color, label=f"{method_label('kd_stochastic')}: {stochastic['tau_label'].iloc[0]}")
+    ax_tau.set_xlabel("fixed temperature tau")
+    ax_tau.set_ylabel("test accuracy (%)")
+    ax_tau.set_title("(a) accuracy against tau")
+    ax_tau.legend(fontsize=8, loc="lower right")
+
+    batch = batch_table.sort_values("batch_size")
+    ax_batch.errorbar(batch["batch_size"], batch["accuracy_pct"], yerr=batch["accuracy_pct_std"], marker="o",
+                      capsize=3, color=stochastic_color, label=method_label("kd_stochastic"))
+    ax_batch.set_xlabel("batch size")
+    ax_batch.set_ylabel("test accuracy (%)")
+    ax_batch.set_title("(b) stochastic tau against batch size")
+    ax_batch.legend(fontsize=8, loc="lower right")
+
+    for ax, values in ((ax_tau, fixed["tau"]), (ax_batch, batch["batch_size"])):
+        values = np.asarray(values, dtype=float)
+        if len(values) and values.min() > 0 and values.max() / values.min() >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
+    lows = np.concatenate([(t["accuracy_pct"] - t["accuracy_pct_std"].fillna(0)).to_numpy() for t in (tau_table, batch_table)])
+    for ax in (ax_tau, ax_batch):
+        ax.set_ylim(max(0.0, float(np.nanmin(lows)) - 5), 100)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -7,11 +7,16 @@ wait on each other (an epoch measured 10-50x slower than with one thread).
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from greenkd_utils.profiles import load_profile
-from greenkd_utils.store import RunStore
+# Before torch is imported, and inherited by the notebook kernels papermill starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from greenkd_utils.profiles import load_profile  # noqa: E402
+from greenkd_utils.store import RunStore  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -1,0 +1,242 @@
+"""Table 6 as functions: DeepInversion and CMI, each with a tuned and a stochastic temperature.
+
+``table6(exp)`` runs (or loads) every cell for the experiment's profile and
+returns the table the notebook shows, one row per (dataset, synthesizer,
+tuned|stochastic), with the synthesis and student phases side by side and
+summed; ``compare_with_paper`` sets each row beside the paper's cell.
+
+Per-profile settings live in ``configs/dfkd.yaml`` (:func:`load_dfkd_settings`);
+the teacher is the profile's ``teacher_config`` for the DFKD teacher
+architecture, so it is trained once and shared through the run store.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .. import reference
+from ..carbon import EnergyReport
+from ..config import TemperatureSpec
+from ..experiments import Experiment, summarise
+from ..profiles import PROFILES
+from ..sweep import TunedResult
+from .config import METHODS, DFKDConfig, SynthesisSettings
+from .trainer import DFKDResult, train_dfkd, tuned_dfkd
+
+log = logging.getLogger(__name__)
+
+PAPER_METRICS = {
+    "accuracy_pct": "accuracy_pct",
+    "training_gflops_millions": "training_gflops_millions",
+    "energy_kwh_pue": "energy_kwh",  # the paper's kWh include its PUE
+    "co2_g": "co2_g",
+}
+
+
+@dataclass(frozen=True)
+class DFKDSettings:
+    """One profile's section of ``configs/dfkd.yaml``."""
+
+    profile: str
+    datasets: Tuple[str, ...]
+    seeds: Optional[Tuple[int, ...]]
+    tau_grid: Optional[Tuple[float, ...]]
+    teacher_model: str
+    student_model: str
+    loss: str
+    alpha: float
+    kl_reduction: str
+    kd_steps: int
+    train: Dict[str, Any]
+    methods: Dict[str, Dict[str, Any]]
+
+    def synthesis(self, method: str) -> SynthesisSettings:
+        if method not in self.methods:
+            raise ValueError(f"unknown data-free KD method {method!r}; valid: {', '.join(sorted(self.methods))}")
+        return SynthesisSettings(method=method, **self.methods[method])
+
+
+def load_dfkd_settings(profile: str) -> DFKDSettings:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    text = resources.files("greenkd_utils").joinpath("configs", "dfkd.yaml").read_text()
+    raw = yaml.safe_load(text)[profile]
+    unknown = sorted(set(raw["methods"]) - set(METHODS))
+    if unknown:
+        raise ValueError(f"configs/dfkd.yaml [{profile}] names unknown methods {unknown}; valid: {', '.join(METHODS)}")
+    return DFKDSettings(
+        profile=profile,
+        datasets=tuple(raw["datasets"]),
+        seeds=None if raw.get("seeds") is None else tuple(int(s) for s in raw["seeds"]),
+        tau_grid=None if raw.get("tau_grid") is None else tuple(float(t) for t in raw["tau_grid"]),
+        teacher_model=raw["teacher_model"],
+        student_model=raw["student_model"],
+        loss=raw["loss"],
+        alpha=float(raw["alpha"]),
+        kl_reduction=raw["kl_reduction"],
+        kd_steps=int(raw["kd_steps"]),
+        train=dict(raw["train"]),
+        methods={name: dict(values) for name, values in raw["methods"].items()},
+    )
+
+
+def dfkd_config(
+    exp: Experiment,
+    method: str,
+    dataset: str,
+    seed: int,
+    temperature: TemperatureSpec,
+    settings: Optional[DFKDSettings] = None,
+    epochs: Optional[int] = None,
+) -> DFKDConfig:
+    """The run config of one cell of Table 6 under ``exp``'s profile."""
+    settings = settings or load_dfkd_settings(exp.profile.name)
+    profile = exp.profile
+    train_changes = dict(settings.train)
+    if epochs is not None:
+        train_changes["epochs"] = int(epochs)
+    return DFKDConfig(
+        dataset=dataset,
+        model=settings.student_model,
+        teacher=profile.teacher_config(dataset, seed, settings.teacher_model),
+        synthesis=settings.synthesis(method),
+        temperature=temperature,
+        seed=seed,
+        train=profile.train_settings("student", **train_changes),
+        kd_steps=settings.kd_steps,
+        loss=settings.loss,
+        alpha=settings.alpha,
+        kl_reduction=settings.kl_reduction,
+        profile=profile.name,
+        val_fraction=profile.val_fraction,
+        train_subset=profile.train_subset,
+        test_subset=profile.test_subset,
+    )
+
+
+@dataclass
+class Table6:
+    """What :func:`table6` returns: the table, the per-tau runs behind it, and where they live."""
+
+    table: pd.DataFrame
+    grid: pd.DataFrame
+    results: Dict[Tuple[str, str, str], List[Any]] = field(default_factory=dict)  # (dataset, dfkd_method, method) -> per seed
+
+    def samples(self, exp: Experiment, dataset: str, method: str, which: str = "kd_stochastic"):
+        """The newest synthesized round of the first seed's run (images uint8, targets)."""
+        first = self.results[(dataset, method, which)][0]
+        run = first.chosen if isinstance(first, TunedResult) else first
+        return run.load_samples(exp.store)
+
+    def class_names(self, dataset: str) -> List[str]:
+        for (name, _, _), cell in self.results.items():
+            if name == dataset:
+                return list(_runs_of(cell[0])[0].data["class_names"])
+        raise ValueError(f"no run of dataset {dataset!r}; have: {', '.join(sorted({k[0] for k in self.results}))}")
+
+
+def _runs_of(result) -> List[DFKDResult]:
+    return list(result.runs) if isinstance(result, TunedResult) else [result]
+
+
+def phase_columns(exp: Experiment, results: Sequence[Any]) -> Dict[str, float]:
+    """Synthesis and student phases of one cell, per seed (mean over seeds; a tuned seed sums its grid)."""
+    per_seed = []
+    for result in results:
+        runs = _runs_of(result)
+        synthesis = exp.energy(EnergyReport.total(r.energy_synthesis for r in runs))
+        student = exp.energy(EnergyReport.total(r.energy_student for r in runs))
+        per_seed.append(
+            {
+                "synthesis_gflops_millions": sum(r.synthesis_gflops_millions for r in runs),
+                "student_gflops_millions": sum(r.student_gflops_millions for r in runs),
+                "energy_synthesis_kwh": synthesis.energy_kwh,
+                "energy_student_kwh": student.energy_kwh,
+                "energy_synthesis_kwh_pue": synthesis.energy_kwh_pue,
+                "energy_student_kwh_pue": student.energy_kwh_pue,
+                "co2_synthesis_g": synthesis.co2_g,
+                "co2_student_g": student.co2_g,
+                "wall_time_synthesis_s": sum(r.wall_time_synthesis_s for r in runs),
+                "teacher_accuracy_pct": runs[0].teacher_test_accuracy,
+            }
+        )
+    columns = {key: float(np.mean([row[key] for row in per_seed])) for key in per_seed[0]}
+    total = columns["energy_synthesis_kwh"] + columns["energy_student_kwh"]
+    columns["synthesis_share_of_energy"] = columns["energy_synthesis_kwh"] / total if total > 0 else float("nan")
+    return columns
+
+
+def table6(
+    exp: Experiment,
+    methods: Optional[Sequence[str]] = None,
+    datasets: Optional[Sequence[str]] = None,
+    seeds: Optional[Sequence[int]] = None,
+    tau_grid: Optional[Sequence[float]] = None,
+    epochs: Optional[int] = None,
+) -> Table6:
+    """Every cell of Table 6 for ``exp``'s profile; None = the settings of ``configs/dfkd.yaml``
+    (seeds and tau grid fall back to the profile's when the file leaves them null)."""
+    settings = load_dfkd_settings(exp.profile.name)
+    methods = list(methods or settings.methods)
+    datasets = list(datasets or settings.datasets)
+    seeds = list(seeds or settings.seeds or exp.profile.seeds)
+    taus = [float(t) for t in (tau_grid or settings.tau_grid or exp.profile.tau_grid)]
+    if len(taus) < 1:
+        raise ValueError("the tau grid of the tuned baseline is empty")
+    rows, grid_rows, results = [], [], {}
+    for dataset in datasets:
+        for method in methods:
+            tuned, stochastic = [], []
+            for seed in seeds:
+                make = lambda t: dfkd_config(exp, method, dataset, seed, t, settings, epochs)  # noqa: E731
+                sweep = tuned_dfkd(make(TemperatureSpec.fixed(1.0)), taus, exp.store, exp.device, exp.data_root, exp.progress)
+                stoch = train_dfkd(make(exp.profile.stochastic()), exp.store, exp.device, exp.data_root, exp.progress)
+                tuned.append(sweep)
+                stochastic.append(stoch)
+                for run in sweep.runs:
+                    grid_rows.append(_grid_row(dataset, method, seed, run, chosen=run is sweep.chosen))
+                grid_rows.append(_grid_row(dataset, method, seed, stoch, chosen=False))
+            for which, cell in (("kd_tuned", tuned), ("kd_stochastic", stochastic)):
+                results[(dataset, method, which)] = cell
+                row = summarise(
+                    exp, cell, dataset=dataset, dfkd_method=method, method=which,
+                    teacher=settings.teacher_model, student=settings.student_model,
+                )
+                row.update(phase_columns(exp, cell))
+                rows.append(row)
+    return Table6(pd.DataFrame(rows), pd.DataFrame(grid_rows), results)
+
+
+def _grid_row(dataset: str, method: str, seed: int, run: DFKDResult, chosen: bool) -> Dict[str, Any]:
+    spec = run.config.temperature
+    return {
+        "dataset": dataset,
+        "dfkd_method": method,
+        "seed": seed,
+        "temperature": "fixed" if spec.mode == "fixed" else "stochastic",
+        "tau": spec.tau if spec.mode == "fixed" else float("nan"),
+        "tau_label": spec.short(),
+        "val_accuracy_pct": run.val_accuracy,
+        "test_accuracy_pct": run.test_accuracy,
+        "chosen_on_validation": chosen,
+        "synthesis_gflops_millions": run.synthesis_gflops_millions,
+        "student_gflops_millions": run.student_gflops_millions,
+        "energy_synthesis_kwh": run.energy_synthesis.energy_kwh,
+        "energy_student_kwh": run.energy_student.energy_kwh,
+        "energy_source": run.energy.source,
+        "wall_time_s": run.wall_time_s,
+    }
+
+
+def compare_with_paper(table: pd.DataFrame) -> pd.DataFrame:
+    """Each row's accuracy, GFLOPs (M) (synthesis included), kWh with PUE and CO2 beside the paper's."""
+    ours = table.assign(loss=table["dfkd_method"])  # the reference names the synthesizer in its 'loss' column
+    comparison = reference.compare_with_paper(ours, "table6", PAPER_METRICS, keys=("dataset", "method"), extra_match=("loss",))
+    return comparison.rename(columns={"loss": "dfkd_method"})

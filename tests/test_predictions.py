@@ -1,0 +1,40 @@
+"""Tests for greenkd_utils.predictions: picking runs, one image's output distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from greenkd_utils import predictions as pr
+
+
+def make(method, logits, labels):
+    return pr.Predictions(method, 0, "wrn16_1", np.asarray(logits, np.float32), np.asarray(labels), ["a", "b", "c"])
+
+
+def test_first_index_of_class():
+    labels = np.array([1, 0, 2, 2, 0])
+    assert pr.first_index_of_class(labels, 2) == 2
+    with pytest.raises(ValueError, match="classes present"):
+        pr.first_index_of_class(labels, 7)
+
+
+def test_output_distribution_is_a_softmax_per_method():
+    preds = {
+        "teacher": make("teacher", [[0.0, 0.0, 0.0], [5.0, 0.0, 0.0]], [2, 0]),
+        "kd_stochastic": make("kd_stochastic", [[0.0, 3.0, 1.0], [1.0, 2.0, 3.0]], [2, 0]),
+    }
+    table = pr.output_distributions(preds, 0)
+    assert len(table) == 6 and (table["true_class"] == "c").all()
+    sums = table.groupby("method")["probability"].sum()
+    assert np.allclose(sums, 1.0)
+    teacher = table[table["method"] == "teacher"]
+    assert np.allclose(teacher["probability"], 1 / 3)
+    top = table[(table["method"] == "kd_stochastic") & table["is_prediction"]]
+    assert top["class_name"].tolist() == ["b"]
+    assert preds["teacher"].accuracy_pct == 50.0
+
+
+def test_unknown_method_is_an_error():
+    with pytest.raises(ValueError, match="valid: teacher"):
+        pr.method_runs(None, "digits", 0, methods=("qat",))
