@@ -34,8 +34,11 @@ NOTEBOOKS = ("table7_teacher_student_pairs", "table8_quantization", "figure3_tem
 class NotebookSettings:
     """What one of these notebooks trains, resolved against its profile (no ``None`` left but ``epochs``).
 
-    ``epochs`` of None keeps the profile's student epochs, so KD runs are the very runs
-    Tables 1 and 4 train (cache hits); ``paper_dataset`` is the paper column ours is set beside.
+    ``epochs`` and ``lr`` of None keep the profile's student settings, so KD runs are the very
+    runs Tables 1 and 4 train (cache hits); ``paper_dataset`` is the paper column ours is set
+    beside. The ``qat_*`` fields are Table 8's: where QAT starts (``student``: the trained float
+    student, ``scratch``), its epochs and lr (None: the student's), and when it freezes observers
+    and batch-norm statistics (``quantization.QATConfig``).
     """
 
     notebook: str
@@ -47,6 +50,9 @@ class NotebookSettings:
     lr: Optional[float] = None
     batch_sizes: Tuple[int, ...] = ()
     qat_backend: str = "auto"
+    qat_init: str = "student"
+    qat_epochs: Optional[int] = None
+    qat_lr: Optional[float] = None
     qat_freeze_fraction: float = 1.0
 
     def student_changes(self) -> Dict[str, Any]:
@@ -145,6 +151,9 @@ def load_settings(profile: Profile, notebook: str, **overrides) -> NotebookSetti
         lr=None if lr is None else float(lr),
         batch_sizes=batch_sizes,
         qat_backend=str(raw.get("qat_backend") or "auto"),
+        qat_init=str(raw.get("qat_init") or "student"),
+        qat_epochs=None if raw.get("qat_epochs") is None else int(raw["qat_epochs"]),
+        qat_lr=None if raw.get("qat_lr") is None else float(raw["qat_lr"]),
         qat_freeze_fraction=float(raw.get("qat_freeze_fraction") or 1.0),
     )
 

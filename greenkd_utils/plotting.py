@@ -88,8 +88,9 @@ def plot_cost_and_accuracy(table, group: str, title: str, methods: Iterable[str]
 
 
 def plot_tau_and_batch_size(tau_table, batch_table, title: str):
-    """Figure 3: (a) test accuracy per fixed tau with the stochastic run as a band (mean +- std over seeds);
-    (b) stochastic-tau accuracy per batch size. Both x-axes are log2 when the values span 8x or more."""
+    """Figure 3: (a) test accuracy per fixed tau, the tuned result (tau chosen on validation) as a dashed
+    line and the stochastic run as a band (mean +- std over seeds); (b) stochastic-tau accuracy per batch
+    size. Both x-axes are log2 when the values span 8x or more."""
     import numpy as np
 
     use_style()
@@ -106,6 +107,10 @@ def plot_tau_and_batch_size(tau_table, batch_table, title: str):
         mean, std = float(stochastic["accuracy_pct"].iloc[0]), float(stochastic["accuracy_pct_std"].iloc[0])
         ax_tau.axhspan(mean - std, mean + std, color=stochastic_color, alpha=0.2, lw=0)
         ax_tau.axhline(mean, color=stochastic_color, label=f"{method_label('kd_stochastic')}: {stochastic['tau_label'].iloc[0]}")
+    tuned = tau_table[tau_table["temperature"] == "tuned"]
+    if len(tuned):
+        ax_tau.axhline(float(tuned["accuracy_pct"].iloc[0]), color=tuned_color, ls="--",
+                       label=f"{method_label('kd_tuned')}: tau chosen on validation")
     ax_tau.set_xlabel("fixed temperature tau")
     ax_tau.set_ylabel("test accuracy (%)")
     ax_tau.set_title("(a) accuracy against tau")

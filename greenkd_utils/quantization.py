@@ -12,11 +12,14 @@ training the network is converted to a real int8 model that runs on the CPU
 (the quantized kernels are CPU kernels). FX mode handles MobileNetV2's residual
 additions without rewriting the model, which eager mode would need.
 
-A QAT run is cached in the run store like any other run, under its own config
-(:class:`QATConfig`), whose key never collides with a :class:`RunConfig`'s.
-Its record keeps the int8 model's accuracy (the table's number), the fake-quant
-network's accuracy, and the serialized ``state_dict`` sizes before and after
-conversion.
+By default QAT fine-tunes the trained float student (the usual recipe: fusion
+carries its batch-norm statistics into the QAT convolutions), and the QAT row
+of Table 8 costs both stages, the float training plus the quantization-aware
+fine-tuning (:class:`QATPipeline`). A QAT run is cached in the run store like
+any other run, under its own config (:class:`QATConfig`), whose key never
+collides with a :class:`RunConfig`'s. Its record keeps the int8 model's
+accuracy (the table's number), the fake-quant network's accuracy, and the
+serialized ``state_dict`` sizes before and after conversion.
 """
 
 from __future__ import annotations
@@ -37,19 +40,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from .augment import BatchAugment, standardize
 from .carbon import EnergyMeter, EnergyReport
-from .config import TrainSettings
+from .config import RunConfig, TrainSettings
 from .engine import (
     FLOP_DEFINITION,
     DeviceData,
     ExecutionPlan,
+    RunResult,
     accuracy_tensor,
     describe_device,
     library_versions,
@@ -57,8 +61,9 @@ from .engine import (
     make_optimizer,
     prepare_data,
     resolve_device,
-    shuffled_batches,
     steps_per_epoch,
+    train_epoch,
+    train_run,
 )
 from .flops import gflops_millions, train_step_flops
 from .models import create_model
@@ -226,14 +231,21 @@ def state_dict_bytes(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 # The run's config and record
 # ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# The run's config and record
+# ---------------------------------------------------------------------------------------------
+QAT_INITS = ("student", "scratch")
+
+
 @dataclass(frozen=True)
 class QATConfig:
-    """One QAT run. Its fields mirror a student ``RunConfig`` plus the quantized back end.
+    """One QAT run: the data fields of a student ``RunConfig``, the QAT schedule and the back end.
 
+    ``init_from`` is the finished float student run whose weights QAT starts from (the usual
+    recipe: quantization-aware fine-tuning of a trained network); None trains from scratch.
     ``kind`` is part of the hashed dict, so a QAT run never shares a key with a CE or KD run.
     From epoch ``floor(freeze_fraction * epochs)`` on, observers and batch-norm statistics are frozen
-    (1.0: never). Freezing suits long runs; in a few-epoch run the batch-norm running statistics
-    still lag behind the weights when they would be frozen, and the int8 model inherits that.
+    (1.0: never).
     """
 
     dataset: str
@@ -242,6 +254,7 @@ class QATConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     backend: str = "x86"
     freeze_fraction: float = 1.0
+    init_from: Optional[RunConfig] = None
     profile: str = "paper"
     val_fraction: float = 0.1
     train_subset: Optional[int] = None
@@ -253,6 +266,8 @@ class QATConfig:
         object.__setattr__(self, "val_fraction", float(self.val_fraction))
         if isinstance(self.train, dict):
             object.__setattr__(self, "train", TrainSettings(**self.train))
+        if isinstance(self.init_from, dict):
+            object.__setattr__(self, "init_from", RunConfig.from_dict(self.init_from))
         if self.kind != "qat_fx":
             raise ValueError(f"unknown QAT kind {self.kind!r}; valid: qat_fx")
         if self.backend not in BACKENDS:
@@ -261,18 +276,34 @@ class QATConfig:
             raise ValueError(f"freeze_fraction must lie in (0, 1]; got {self.freeze_fraction}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1); got {self.val_fraction}")
+        if self.init_from is not None:
+            start = self.init_from
+            if start.role != "student":
+                raise ValueError(f"QAT starts from a cross-entropy student run; got a {start.role!r} config")
+            mine = (self.dataset, self.model, self.val_fraction, self.train_subset, self.test_subset)
+            theirs = (start.dataset, start.model, start.val_fraction, start.train_subset, start.test_subset)
+            if mine != theirs:
+                raise ValueError(f"QAT must use the data and model of the run it starts from; {mine} != {theirs}")
 
     @classmethod
-    def from_student(cls, student, backend: str = "auto", **changes) -> "QATConfig":
-        """The QAT twin of a cross-entropy student ``RunConfig``: same data, model, seed and schedule."""
+    def from_student(cls, student: RunConfig, init: str = "student", backend: str = "auto",
+                     train: Optional[TrainSettings] = None, **changes) -> "QATConfig":
+        """The QAT run of a cross-entropy student ``RunConfig``: same data, model and seed.
+
+        ``init="student"`` starts from the student's trained weights, ``"scratch"`` from a fresh
+        initialisation; ``train`` is the QAT schedule (default: the student's own).
+        """
+        if init not in QAT_INITS:
+            raise ValueError(f"unknown QAT init {init!r}; valid: {', '.join(QAT_INITS)}")
         if student.role != "student":
             raise ValueError(f"QAT mirrors a cross-entropy student run; got a {student.role!r} config")
         return cls(
             dataset=student.dataset,
             model=student.model,
             seed=student.seed,
-            train=student.train,
+            train=train or student.train,
             backend=resolve_backend(backend),
+            init_from=student if init == "student" else None,
             profile=student.profile,
             val_fraction=student.val_fraction,
             train_subset=student.train_subset,
@@ -304,12 +335,14 @@ class QATConfig:
 
     @property
     def name(self) -> str:
-        return f"qat_{self.dataset}_{self.model}_{self.backend}_s{self.seed}"
+        start = "ft" if self.init_from is not None else "scratch"
+        return f"qat_{self.dataset}_{self.model}_{self.backend}_{start}_s{self.seed}"
 
 
 @dataclass
 class QATResult:
-    """The record of a finished QAT run (``result.json``); quacks like a RunResult for ``summarise``."""
+    """The record of a finished QAT run (``result.json``). Energy, FLOPs and time are QAT's own;
+    :class:`QATPipeline` adds the float run QAT started from."""
 
     key: str
     name: str
@@ -317,6 +350,7 @@ class QATResult:
     test_accuracy: float  # of the int8 model
     val_accuracy: float  # of the int8 model
     fake_quant_test_accuracy: float
+    initial_test_accuracy: Optional[float]  # of the float network QAT started from (None: from scratch)
     model_size: Dict[str, Any]
     energy: EnergyReport
     flops: Dict[str, Any]
@@ -360,6 +394,46 @@ class QATResult:
         return convert_to_int8(self.load_prepared_model(store), self.config.backend)
 
 
+@dataclass
+class QATPipeline:
+    """What getting the int8 model cost: the float run QAT started from (if any) plus QAT itself.
+
+    Like the tuned sweep's sum over its grid, energy, FLOPs and time add up both stages; the
+    accuracy is the int8 model's. Quacks like a RunResult for ``experiments.summarise``.
+    """
+
+    qat: QATResult
+    initial: Optional[RunResult] = None
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.qat.test_accuracy
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.qat.val_accuracy
+
+    @property
+    def tau(self) -> Dict[str, Any]:
+        return {"mode": None}
+
+    @property
+    def energy(self) -> EnergyReport:
+        return self.qat.energy if self.initial is None else self.initial.energy + self.qat.energy
+
+    @property
+    def training_flops(self) -> float:
+        return self.qat.training_flops + (0.0 if self.initial is None else self.initial.training_flops)
+
+    @property
+    def training_gflops_millions(self) -> float:
+        return gflops_millions(self.training_flops)
+
+    @property
+    def wall_time_s(self) -> float:
+        return self.qat.wall_time_s + (0.0 if self.initial is None else self.initial.wall_time_s)
+
+
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
@@ -369,28 +443,38 @@ def train_qat(
     device: str | torch.device | None = "auto",
     data_root: str | os.PathLike | None = None,
     progress: bool = True,
-) -> QATResult:
-    """Load ``config``'s finished QAT run from ``store``, or train, convert and evaluate it."""
+) -> QATPipeline:
+    """Load ``config``'s finished QAT run from ``store``, or train, convert and evaluate it
+    (training the float run it starts from first, if that is not in the store)."""
+    initial = None
+    if config.init_from is not None:
+        initial = train_run(config.init_from, store, device, data_root, progress)
     cached = store.load_result(config)
     if cached is not None:
-        return QATResult.from_dict(cached, store.run_dir(config))
+        return QATPipeline(QATResult.from_dict(cached, store.run_dir(config)), initial)
     quantization_api()  # fail before any training if this torch cannot do it
     device = resolve_device(device)
     # prepare_data only reads the data fields (dataset, subsets, val_fraction) that QATConfig shares with RunConfig.
     data = prepare_data(config, device, None if data_root is None else str(data_root))
-    record = store.get_or_run(config, lambda run_dir: _train(config, run_dir, data, device, store, progress))
-    return QATResult.from_dict(record, store.run_dir(config))
+    start = None if initial is None else store.load_state_dict(config.init_from)
+    record = store.get_or_run(config, lambda run_dir: _train(config, run_dir, data, start, device, store, progress))
+    return QATPipeline(QATResult.from_dict(record, store.run_dir(config)), initial)
 
 
-def _train(config: QATConfig, run_dir: Path, data: DeviceData, device: torch.device, store: RunStore,
-           progress: bool) -> Dict[str, Any]:
+def _train(config: QATConfig, run_dir: Path, data: DeviceData, start: Optional[Dict[str, torch.Tensor]],
+           device: torch.device, store: RunStore, progress: bool) -> Dict[str, Any]:
     # Fake quantization runs in float32: bf16 autocast and compilation are switched off whatever the profile says.
     settings = dataclasses.replace(config.train, fast=False, compile=False)
     plan = ExecutionPlan.for_run(settings, device)
     torch.manual_seed(config.seed)
     float_model = create_model(config.model, data.num_classes, data.in_channels)
+    initial_test = None
+    if start is not None:
+        float_model.load_state_dict(start)
+        initial_test = float(accuracy_tensor(float_model.to(device), *data.test, data.mean, data.std))
     fp32_bytes = state_dict_bytes(float_model)
-    model = prepare_qat(float_model, config.backend, data.input_shape).to(device)
+    # Fusion folds each batch norm, with its running statistics, into the QAT convolution it follows.
+    model = prepare_qat(float_model.cpu(), config.backend, data.input_shape).to(device)
     per_sample = qat_step_flops(model, data.input_shape)
 
     n_train = data.train[1].numel()
@@ -423,33 +507,23 @@ def _train(config: QATConfig, run_dir: Path, data: DeviceData, device: torch.dev
             model.train()
             if epoch >= config.freeze_epoch:
                 freeze_quantization(model)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device)
-            seen = 0
-            for idx in shuffled_batches(n_train, batch_size, generator, device):
-                images, labels = data.train[0][idx], data.train[1][idx]
-                x = standardize(augment(images.float() / 255.0, generator), data.mean, data.std)
-                logits = model(x)
-                loss = torch.nn.functional.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.detach() * labels.numel()
-                correct += (logits.detach().argmax(1) == labels).sum()
-                seen += labels.numel()
-                bar.update(1)
+            sums = train_epoch(
+                model, None, data.train, data.mean, data.std, optimizer, scheduler, None,
+                lambda logits, _teacher, labels, _tau: F.cross_entropy(logits.float(), labels),
+                augment, generator, plan, batch_size, on_step=lambda: bar.update(1),
+            )
             # Accuracy of the fake-quant network in float: the int8 model is evaluated once, after training.
             val_acc = accuracy_tensor(model, *data.val, data.mean, data.std)
             test_acc = accuracy_tensor(model, *data.test, data.mean, data.std)
+            seen = sums["seen"]
             train_loss, train_acc, val_acc, test_acc = (
-                torch.stack([loss_sum / seen, correct * 100.0 / seen, val_acc, test_acc]).tolist()
+                torch.stack([sums["loss_sum"] / seen, sums["correct"] * 100.0 / seen, val_acc, test_acc]).tolist()
             )
             energy = meter.snapshot() if energy_before is None else energy_before + meter.snapshot()
             history.append(
                 {
                     "epoch": epoch + 1,
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": settings.lr * lr_factor((epoch + 1) * n_steps - 1, n_steps, settings),
                     "train_loss": train_loss,
                     "train_accuracy": train_acc,
                     "val_accuracy": val_acc,
@@ -492,6 +566,7 @@ def _train(config: QATConfig, run_dir: Path, data: DeviceData, device: torch.dev
         "test_accuracy": int8_test,
         "val_accuracy": int8_val,
         "fake_quant_test_accuracy": history[-1]["test_accuracy"],
+        "initial_test_accuracy": initial_test,
         "model_size": {
             "fp32_bytes": fp32_bytes,
             "int8_bytes": int8_bytes,
@@ -532,17 +607,26 @@ TABLE8_METRICS = {
 }
 
 
-def qat_run(exp, settings, seed: int, model: str = TABLE8_STUDENT) -> QATResult:
-    """The QAT twin of the notebook's cross-entropy student run (same data, schedule and seed)."""
-    student = student_config(exp, settings, seed, model)
-    config = QATConfig.from_student(student, backend=settings.qat_backend, freeze_fraction=settings.qat_freeze_fraction)
-    return train_qat(config, exp.store, exp.device, exp.data_root, exp.progress)
-
-
-def student_config(exp, settings, seed: int, model: str = TABLE8_STUDENT):
-    """The profile's cross-entropy student config for ``model``, with the notebook's epochs."""
+def student_config(exp, settings, seed: int, model: str = TABLE8_STUDENT) -> RunConfig:
+    """The profile's cross-entropy student config for ``model``, with the notebook's epochs and lr."""
     config = exp.profile.student_config(settings.dataset, seed, model)
     return config.replace(train=exp.profile.train_settings("student", **settings.student_changes()))
+
+
+def qat_config(exp, settings, seed: int, model: str = TABLE8_STUDENT) -> QATConfig:
+    """The notebook's QAT run: fine-tuning of its cross-entropy student (or from scratch, ``qat_init``)."""
+    student = student_config(exp, settings, seed, model)
+    changes = settings.student_changes()
+    if settings.qat_epochs is not None:
+        changes["epochs"] = int(settings.qat_epochs)
+    if settings.qat_lr is not None:
+        changes["lr"] = float(settings.qat_lr)
+    if settings.qat_init == "student":
+        changes["warmup_epochs"] = 0  # the network is trained already: no warm-up from a random start
+    return QATConfig.from_student(
+        student, init=settings.qat_init, backend=settings.qat_backend,
+        train=exp.profile.train_settings("student", **changes), freeze_fraction=settings.qat_freeze_fraction,
+    )
 
 
 def table8(exp, settings, student: str = TABLE8_STUDENT, teacher: str = TABLE8_TEACHER,
@@ -551,21 +635,23 @@ def table8(exp, settings, student: str = TABLE8_STUDENT, teacher: str = TABLE8_T
 
     Returns ``(table, qat_details)``: one row per method (student, qat, kd_tuned, kd_stochastic)
     with accuracy (mean +- std over seeds; the int8 model's for QAT), GFLOPs (M), kWh, CO2eq and
-    model size; and one row per seed of the QAT runs (fp32 vs int8 size, fake-quant vs int8 accuracy).
+    model size, the QAT row costing the float student it starts from plus QAT; and one row per seed
+    of the QAT runs (fp32 vs int8 size, float vs fake-quant vs int8 accuracy, QAT's own cost).
     """
     from .experiments import summarise
 
     changes = settings.student_changes()
     models = {"teacher_model": teacher, "student_model": student}
+    qat = [train_qat(qat_config(exp, settings, s, student), exp.store, exp.device, exp.data_root, exp.progress)
+           for s in settings.seeds]
     cells = {
         "student": [exp.run(student_config(exp, settings, s, student)) for s in settings.seeds],
-        "qat": [qat_run(exp, settings, s, student) for s in settings.seeds],
+        "qat": qat,
         "kd_tuned": [exp.tuned(settings.dataset, s, loss, taus=settings.tau_grid, **models, **changes)
                      for s in settings.seeds],
         "kd_stochastic": [exp.stochastic(settings.dataset, s, loss, **models, **changes) for s in settings.seeds],
     }
-    qat = cells["qat"]
-    fp32_mb = qat[0].model_size["fp32_mb"]
+    fp32_mb = qat[0].qat.model_size["fp32_mb"]
     rows = []
     for method, results in cells.items():
         row = summarise(
@@ -573,22 +659,28 @@ def table8(exp, settings, student: str = TABLE8_STUDENT, teacher: str = TABLE8_T
             teacher=teacher if method.startswith("kd") else "", loss=loss if method.startswith("kd") else "ce",
             weights="int8" if method == "qat" else "fp32",
         )
-        row["model_size_mb"] = qat[0].model_size["int8_mb"] if method == "qat" else fp32_mb
+        row["model_size_mb"] = qat[0].qat.model_size["int8_mb"] if method == "qat" else fp32_mb
         rows.append(row)
     details = pd.DataFrame(
         [
             {
                 "dataset": settings.dataset,
-                "seed": r.config.seed,
-                "backend": r.config.backend,
-                "fp32_model_mb": r.model_size["fp32_mb"],
-                "int8_model_mb": r.model_size["int8_mb"],
-                "compression": r.model_size["compression"],
-                "fake_quant_accuracy_pct": r.fake_quant_test_accuracy,
-                "int8_accuracy_pct": r.test_accuracy,
-                "training_gflops_millions": r.training_gflops_millions,
+                "seed": p.qat.config.seed,
+                "backend": p.qat.config.backend,
+                "qat_init": "trained float student" if p.initial is not None else "scratch",
+                "qat_epochs": p.qat.config.train.epochs,
+                "fp32_model_mb": p.qat.model_size["fp32_mb"],
+                "int8_model_mb": p.qat.model_size["int8_mb"],
+                "compression": p.qat.model_size["compression"],
+                "float_start_accuracy_pct": p.qat.initial_test_accuracy,
+                "fake_quant_accuracy_pct": p.qat.fake_quant_test_accuracy,
+                "int8_accuracy_pct": p.qat.test_accuracy,
+                "qat_only_training_gflops_millions": p.qat.training_gflops_millions,
+                "qat_only_energy_kwh": exp.energy(p.qat.energy).energy_kwh,
+                "qat_only_co2_g": exp.energy(p.qat.energy).co2_g,
+                "energy_source": exp.energy(p.qat.energy).source,
             }
-            for r in qat
+            for p in qat
         ]
     )
     return pd.DataFrame(rows), details

@@ -13,7 +13,7 @@ The paper's Figure 3 has no published numbers, only two qualitative claims;
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,8 @@ def _cell(exp: Experiment, results, **keys) -> Dict:
 
 def accuracy_vs_tau(exp: Experiment, settings: NotebookSettings, loss: str = "hkd") -> pd.DataFrame:
     """One row per fixed grid tau (mean +- std over seeds, how many seeds chose it on validation),
-    then one row for the stochastic temperature. Energy, CO2 and FLOPs are those of ONE run."""
+    then the tuned result (the tau chosen on validation, per seed) and the stochastic temperature.
+    Energy, CO2 and FLOPs are those of ONE run, except the tuned row's, which sum its grid."""
     changes = settings.student_changes()
     sweeps = [exp.tuned(settings.dataset, s, loss, taus=settings.tau_grid, **changes) for s in settings.seeds]
     stochastic = [exp.stochastic(settings.dataset, s, loss, **changes) for s in settings.seeds]
@@ -51,11 +52,12 @@ def accuracy_vs_tau(exp: Experiment, settings: NotebookSettings, loss: str = "hk
         row["tau_label"] = f"fixed tau = {tau:g}"
         row["chosen_on_validation_by_n_seeds"] = sum(s.chosen_tau == tau for s in sweeps)
         rows.append(row)
-    row = _cell(exp, stochastic, dataset=settings.dataset, loss=loss, temperature="stochastic")
-    row["tau_label"] = row["tau"]
-    row["tau"] = float("nan")
-    row["chosen_on_validation_by_n_seeds"] = 0
-    rows.append(row)
+    for temperature, results in (("tuned", sweeps), ("stochastic", stochastic)):
+        row = _cell(exp, results, dataset=settings.dataset, loss=loss, temperature=temperature)
+        row["tau_label"] = row["tau"]
+        row["tau"] = float("nan")
+        row["chosen_on_validation_by_n_seeds"] = 0
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -86,7 +88,7 @@ def claims(tau_table: pd.DataFrame, batch_table: pd.DataFrame) -> pd.DataFrame:
     """The paper's two qualitative claims with the number of ours that speaks to each."""
     fixed = tau_table[tau_table["temperature"] == "fixed"]
     stochastic = tau_table[tau_table["temperature"] == "stochastic"].iloc[0]
-    best = fixed.loc[fixed["accuracy_pct"].idxmax()]
+    tuned = tau_table[tau_table["temperature"] == "tuned"].iloc[0]
     return pd.DataFrame(
         [
             {
@@ -97,9 +99,9 @@ def claims(tau_table: pd.DataFrame, batch_table: pd.DataFrame) -> pd.DataFrame:
             },
             {
                 "panel": "a",
-                "paper_claim": "the stochastic tau reaches the accuracy of the best tuned tau",
-                "our_measure": f"stochastic minus the best fixed tau ({best['tau']:g}), points",
-                "ours": float(stochastic["accuracy_pct"] - best["accuracy_pct"]),
+                "paper_claim": "the stochastic tau reaches the accuracy of the tuned tau",
+                "our_measure": f"stochastic minus tuned ({tuned['tau_label']}), points",
+                "ours": float(stochastic["accuracy_pct"] - tuned["accuracy_pct"]),
             },
             {
                 "panel": "b",

@@ -27,7 +27,7 @@ def test_settings_fall_back_to_the_profile_and_take_overrides():
     assert len(figure3.batch_sizes) >= 4
     table7 = load_settings(demo, "table7_teacher_student_pairs", seeds=[3, 4], epochs=2, tau_grid=None)
     assert table7.seeds == (3, 4) and table7.epochs == 2 and len(table7.tau_grid) >= 3
-    assert table7.student_changes() == {"epochs": 2}
+    assert table7.student_changes() == {"epochs": 2, "lr": table7.lr} and table7.lr > 0
     paper = load_settings(load_profile("paper"), "table7_teacher_student_pairs")
     assert paper.dataset == "tinyimagenet" and paper.epochs is None and len(paper.tau_grid) == 20
 
@@ -78,10 +78,25 @@ def test_stochastic_vs_tuned_and_the_paper_comparison():
 
 def test_claims_measure_spreads():
     tau = pd.DataFrame({
-        "temperature": ["fixed", "fixed", "stochastic"], "tau": [1.0, 4.0, float("nan")],
-        "accuracy_pct": [80.0, 90.0, 89.0], "accuracy_pct_std": [1.0, 1.0, 0.5],
+        "temperature": ["fixed", "fixed", "tuned", "stochastic"], "tau": [1.0, 4.0, float("nan"), float("nan")],
+        "tau_label": ["", "", "chosen on validation: 4", "U[2, 20] per batch"],
+        "accuracy_pct": [80.0, 90.0, 90.0, 89.0], "accuracy_pct_std": [1.0, 1.0, 1.0, 0.5],
     })
     batch = pd.DataFrame({"batch_size": [16, 32, 64, 128], "accuracy_pct": [88.0, 89.0, 89.5, 87.0],
                           "accuracy_pct_std": [1.0, 0.0, 1.0, 2.0]})
     claims = temperature_study.claims(tau, batch).set_index("our_measure")["ours"].tolist()
     assert claims == pytest.approx([10.0, -1.0, 2.5, 1.0])
+
+
+def test_setup_applies_profile_overrides_only_where_configured(tmp_path):
+    from greenkd_utils import extra_tables
+
+    exp, settings = extra_tables.setup("smoke", "table7_teacher_student_pairs", results_dir=tmp_path, seeds=[1])
+    assert exp.profile.train_subset == 100 and exp.profile.teacher_train["epochs"] == 1
+    assert settings.seeds == (1,)
+    exp, _ = extra_tables.setup("smoke", "figure3_temperature_and_batch", results_dir=tmp_path)
+    assert exp.profile == load_profile("smoke")  # Figure 3 shares Table 1's runs: the profile untouched
+    exp, _ = extra_tables.setup("demo", "table7_teacher_student_pairs", results_dir=tmp_path, teacher_epochs=3, pue=1.2)
+    assert exp.profile.teacher_train["epochs"] == 3 and exp.pue == 1.2
+    with pytest.raises(ValueError, match="unknown profile"):
+        extra_tables.setup("nonsense", "table7_teacher_student_pairs", results_dir=tmp_path)

@@ -93,7 +93,10 @@ def test_figure3_temperature_and_batch(dirs):
     taus = pd.read_csv(out / "figure3_accuracy_vs_tau.csv")
     fixed = taus[taus["temperature"] == "fixed"]
     assert sorted(fixed["tau"]) == sorted(settings.tau_grid)
-    assert (taus["temperature"] == "stochastic").sum() == 1
+    assert (taus["temperature"] == "stochastic").sum() == 1 and (taus["temperature"] == "tuned").sum() == 1
+    tuned = taus[taus["temperature"] == "tuned"].iloc[0]
+    # The tuned row pays for the whole grid: its FLOPs are the sum of the fixed-tau rows'.
+    assert tuned["training_gflops_millions"] == pytest.approx(fixed["training_gflops_millions"].sum(), rel=1e-6)
     assert fixed["chosen_on_validation_by_n_seeds"].sum() == len(settings.seeds)
     batch = pd.read_csv(out / "figure3_accuracy_vs_batch_size.csv")
     assert batch["batch_size"].nunique() >= 4

@@ -153,26 +153,36 @@ def test_freeze_epoch(epochs, fraction, expected):
 def test_qat_config_has_its_own_key_and_round_trips():
     student = _student()
     config = q.QATConfig.from_student(student)
+    assert config.init_from == student
     assert config.key != student.key and config.name.startswith("qat_digits_mobilenetv2")
     assert q.QATConfig.from_dict(config.to_dict()) == config
     assert config.key == q.QATConfig.from_student(student).key
     assert dataclasses.replace(config, seed=1).key != config.key
     assert dataclasses.replace(config, backend="qnnpack").key != config.key
+    assert q.QATConfig.from_student(student, init="scratch").key != config.key
+    # Another starting run is another QAT run.
+    assert q.QATConfig.from_student(student.replace(seed=1)).key != config.key
     with pytest.raises(ValueError, match="cross-entropy student"):
         q.QATConfig.from_student(student.replace(role="teacher"))
+    with pytest.raises(ValueError, match="valid: student, scratch"):
+        q.QATConfig.from_student(student, init="pretrained")
+    with pytest.raises(ValueError, match="data and model"):
+        dataclasses.replace(config, model="resnet18")
 
 
-def test_train_qat_is_cached_and_reloads(store):
-    config = q.QATConfig.from_student(_student(), freeze_fraction=0.5)
-    result = q.train_qat(config, store, device="cpu", progress=False)
-    assert 0.0 <= result.test_accuracy <= 100.0
+def test_train_qat_from_scratch_is_cached_and_reloads(store):
+    config = q.QATConfig.from_student(_student(), init="scratch", freeze_fraction=0.5)
+    pipeline = q.train_qat(config, store, device="cpu", progress=False)
+    result = pipeline.qat
+    assert pipeline.initial is None and result.initial_test_accuracy is None
+    assert 0.0 <= result.test_accuracy <= 100.0 and pipeline.test_accuracy == result.test_accuracy
     assert result.model_size["int8_bytes"] < result.model_size["fp32_bytes"]
     assert result.training_flops > 0 and result.energy.energy_kwh > 0
     assert [h["observers_frozen"] for h in result.history] == [False, True]
     run_dir = store.run_dir(config)
     assert (run_dir / MODEL_FILE).is_file() and not (run_dir / CHECKPOINT_FILE).exists()
     # A second call is a store hit: same record, no training.
-    again = q.train_qat(config, store, device="cpu", progress=False)
+    again = q.train_qat(config, store, device="cpu", progress=False).qat
     assert again.finished_at == result.finished_at and again.test_accuracy == result.test_accuracy
     # The stored weights rebuild the same int8 model.
     int8 = result.load_int8_model(store)
@@ -181,8 +191,22 @@ def test_train_qat_is_cached_and_reloads(store):
     assert q.int8_logits(int8, images, torch.zeros(1), torch.ones(1), config.backend).shape == (16, 10)
 
 
+def test_qat_fine_tunes_the_trained_student_and_costs_both_stages(store):
+    student = _student()
+    config = q.QATConfig.from_student(student, train=dataclasses.replace(TINY, epochs=1, lr=0.005))
+    pipeline = q.train_qat(config, store, device="cpu", progress=False)
+    initial = pipeline.initial
+    assert initial is not None and store.is_finished(student)  # the float student was trained first
+    assert pipeline.qat.initial_test_accuracy == pytest.approx(initial.test_accuracy, abs=1e-3)
+    assert pipeline.energy.energy_kwh == pytest.approx(initial.energy.energy_kwh + pipeline.qat.energy.energy_kwh)
+    assert pipeline.training_flops == pytest.approx(initial.training_flops + pipeline.qat.training_flops)
+    assert pipeline.wall_time_s > pipeline.qat.wall_time_s
+    # One epoch at the student's samples per epoch.
+    assert pipeline.qat.flops["samples_seen"] == initial.history[0]["samples_seen"]
+
+
 def test_an_interrupted_qat_run_resumes_from_its_checkpoint(store, monkeypatch):
-    config = q.QATConfig.from_student(_student(train_subset=64, test_subset=20))
+    config = q.QATConfig.from_student(_student(train_subset=64, test_subset=20), init="scratch")
     real_convert = q.convert_to_int8
 
     def crash(*args, **kwargs):
@@ -196,7 +220,7 @@ def test_an_interrupted_qat_run_resumes_from_its_checkpoint(store, monkeypatch):
     assert checkpoint is not None and checkpoint["epoch"] == TINY.epochs - 1
 
     monkeypatch.setattr(q, "convert_to_int8", real_convert)
-    result = q.train_qat(config, store, device="cpu", progress=False)
+    result = q.train_qat(config, store, device="cpu", progress=False).qat
     # Nothing was trained again: the history is the checkpoint's, and the energy includes the first attempt's.
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history == checkpoint["history"]
