@@ -28,9 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as _dt
-import hashlib
 import io
-import json
 import logging
 import math
 import os
@@ -48,7 +46,7 @@ from tqdm import tqdm
 
 from .augment import BatchAugment, standardize
 from .carbon import EnergyMeter, EnergyReport
-from .config import RunConfig, TrainSettings
+from .config import config_key, RunConfig, TrainSettings
 from .engine import (
     FLOP_DEFINITION,
     DeviceData,
@@ -330,8 +328,7 @@ class QATConfig:
 
     @property
     def key(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return config_key(self.to_dict())
 
     @property
     def name(self) -> str:

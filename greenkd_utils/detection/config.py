@@ -9,12 +9,10 @@ nothing that only changes where or how fast it runs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from ..config import TemperatureSpec
+from ..config import config_key, TemperatureSpec
 from ..losses import KD_LOSSES, KL_REDUCTIONS
 from .data import DETECTION_DATASETS
 from .models import DETECTORS, AnchorSettings
@@ -141,8 +139,7 @@ class DetectionRunConfig:
 
     @property
     def key(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return config_key(self.to_dict())
 
     @property
     def name(self) -> str:

@@ -14,12 +14,10 @@ tau sweep need it to: ``name``, ``key``, ``to_dict()``, ``temperature``,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from ..config import AugmentSettings, RunConfig, TemperatureSpec, TrainSettings
+from ..config import config_key, AugmentSettings, RunConfig, TemperatureSpec, TrainSettings
 from ..losses import KD_LOSSES, KL_REDUCTIONS
 
 METHODS = ("deepinversion", "cmi")
@@ -180,8 +178,7 @@ class DFKDConfig:
     @property
     def key(self) -> str:
         """Hash of the canonical JSON form: equal configs share a key, any change gives a new one."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return config_key(self.to_dict())
 
     @property
     def name(self) -> str:
