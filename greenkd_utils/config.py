@@ -21,7 +21,7 @@ from .temperature import TEMPERATURE_MODES, check_tau_range, make_temperature
 ROLES = ("teacher", "student", "kd")
 
 
-def _floats(obj, *names: str) -> None:
+def store_floats(obj, *names: str) -> None:
     """Store real-valued fields as floats, so that 4 and 4.0 give the same canonical JSON (the run key)."""
     for name in names:
         value = getattr(obj, name)
@@ -59,7 +59,7 @@ class AugmentSettings:
     rotation_deg: float = 15.0
 
     def __post_init__(self):
-        _floats(self, "rotation_deg")
+        store_floats(self, "rotation_deg")
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class TrainSettings:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1; got {self.epochs}, {self.batch_size}")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
-        _floats(self, "lr", "momentum", "weight_decay", "lr_decay")
+        store_floats(self, "lr", "momentum", "weight_decay", "lr_decay")
         if isinstance(self.augment, dict):
             object.__setattr__(self, "augment", AugmentSettings(**self.augment))
 
@@ -98,7 +98,7 @@ class TemperatureSpec:
     high: float = 20.0
 
     def __post_init__(self):
-        _floats(self, "tau", "low", "high")
+        store_floats(self, "tau", "low", "high")
         if self.mode not in TEMPERATURE_MODES:
             raise ValueError(f"unknown temperature mode {self.mode!r}; valid: {', '.join(TEMPERATURE_MODES)}")
         if self.mode == "fixed":
@@ -145,7 +145,7 @@ class RunConfig(StoredConfig):
     test_subset: Optional[int] = None
 
     def __post_init__(self):
-        _floats(self, "alpha", "val_fraction")
+        store_floats(self, "alpha", "val_fraction")
         if self.role not in ROLES:
             raise ValueError(f"unknown role {self.role!r}; valid: {', '.join(ROLES)}")
         if self.role == "kd":

@@ -12,23 +12,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from ..config import config_key, TemperatureSpec
+from ..config import ROLES, config_key, store_floats, TemperatureSpec
 from ..losses import KD_LOSSES, KL_REDUCTIONS
 from .data import DETECTION_DATASETS
 from .models import DETECTORS, AnchorSettings
 from .shapes import ShapesSettings
 
-ROLES = ("teacher", "student", "kd")
 OPTIMIZERS = ("sgd", "adam")
 AUGMENTATIONS = ("none", "flip", "ssd")
-
-
-def _floats(obj, *names: str) -> None:
-    """Store real-valued fields as floats, so that 4 and 4.0 give the same run key."""
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(obj, name, float(value))
 
 
 @dataclass(frozen=True)
@@ -62,7 +53,7 @@ class DetectionTrainSettings:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"unknown detection augmentation {self.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
-        _floats(self, "lr", "momentum", "weight_decay", "lr_decay", "grad_clip_norm")
+        store_floats(self, "lr", "momentum", "weight_decay", "lr_decay", "grad_clip_norm")
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
             raise ValueError(f"grad_clip_norm must be > 0 or None; got {self.grad_clip_norm}")
 
@@ -94,7 +85,7 @@ class DetectionRunConfig:
     task: str = "detection"
 
     def __post_init__(self):
-        _floats(self, "alpha", "val_fraction", "width")
+        store_floats(self, "alpha", "val_fraction", "width")
         if self.role not in ROLES:
             raise ValueError(f"unknown role {self.role!r}; valid: {', '.join(ROLES)}")
         if self.dataset not in DETECTION_DATASETS:

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from ..config import config_key, AugmentSettings, RunConfig, TemperatureSpec, TrainSettings
+from ..config import config_key, store_floats, AugmentSettings, RunConfig, TemperatureSpec, TrainSettings
 from ..losses import KD_LOSSES, KL_REDUCTIONS
 
 METHODS = ("deepinversion", "cmi")
@@ -26,14 +26,6 @@ ADVERSARIAL_KINDS = ("masked_kl", "js")
 # Fields only the CMI synthesizer reads. For DeepInversion they are set to None, so that they
 # neither enter its run key nor suggest, in a stored record, that they did anything.
 CMI_ONLY = ("cr", "cr_temperature", "bank_size", "n_negatives", "head_dim", "nz", "ngf", "view_augment", "reset_generator")
-
-
-def _as_float(obj, *names: str) -> None:
-    """Store real-valued fields as floats, so 1 and 1.0 give the same canonical JSON (the run key)."""
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(obj, name, float(value))
 
 
 @dataclass(frozen=True)
@@ -79,7 +71,7 @@ class SynthesisSettings:
         if self.batch_size < 2 or self.iterations < 1:
             raise ValueError(f"synthesis needs batch_size >= 2 and iterations >= 1; got {self.batch_size}, {self.iterations}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        _as_float(self, "lr", "bn", "oh", "adv", "adv_temperature", "tv", "l2")
+        store_floats(self, "lr", "bn", "oh", "adv", "adv_temperature", "tv", "l2")
         for name in ("bn", "oh", "adv", "tv", "l2"):
             if getattr(self, name) < 0:
                 raise ValueError(f"the loss weight {name} must be >= 0; got {getattr(self, name)}")
@@ -89,7 +81,7 @@ class SynthesisSettings:
             for name in CMI_ONLY:
                 object.__setattr__(self, name, None)
             return
-        _as_float(self, "cr", "cr_temperature")
+        store_floats(self, "cr", "cr_temperature")
         if isinstance(self.view_augment, dict):
             object.__setattr__(self, "view_augment", AugmentSettings(**self.view_augment))
         missing = [name for name in CMI_ONLY if getattr(self, name) is None]
@@ -129,7 +121,7 @@ class DFKDConfig:
     role: str = "dfkd"
 
     def __post_init__(self):
-        _as_float(self, "alpha", "val_fraction")
+        store_floats(self, "alpha", "val_fraction")
         if isinstance(self.synthesis, dict):
             object.__setattr__(self, "synthesis", SynthesisSettings(**self.synthesis))
         if isinstance(self.train, dict):
