@@ -13,6 +13,7 @@ Parameter counts at 10 classes::
     shufflenetv2   1.26M   torchvision ShuffleNetV2 x1.0, CIFAR stem
     wrn40_2        2.24M   Wide ResNet 40-2 (written here)
     wrn16_1        0.175M  Wide ResNet 16-1 (written here)
+    cnn_small      0.006M  two conv blocks and a linear head: the demo's deliberately weak student
 
 Adding a model is one decorated builder::
 
@@ -227,6 +228,40 @@ def wrn16_1(num_classes: int, in_channels: int = 3) -> nn.Module:
     return WideResNet(16, 1, num_classes, in_channels)
 
 
+class SmallCNN(nn.Module):
+    """Two 3x3 conv blocks (the second at stride 2), global average pooling and a linear head.
+
+    A student that is clearly weaker than any teacher here, so that on the demo's small digits
+    training set distillation has something to transfer (a WRN-16-1 student alone already matches
+    a ResNet18 teacher on digits).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16):
+        super().__init__()
+        self.block1 = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
+        self.block2 = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.block2(self.block1(x))), 1))
+
+
+@register_model("cnn_small")
+def cnn_small(num_classes: int, in_channels: int = 3) -> nn.Module:
+    """The demo's student: about 6k parameters at 10 classes."""
+    return SmallCNN(num_classes, in_channels)
+
+
 # --------------------------------------------------------------------------- Grad-CAM
 
 
@@ -252,6 +287,8 @@ def _gradcam_candidates(name: str, model: nn.Module) -> List[tuple]:
         # Total stride is only 4, so the final BN-ReLU (the activated output of
         # the last group) is at least 2x2 at every supported size.
         return [(model.final_act, 4), (model.block2, 2)]
+    if name == "cnn_small":
+        return [(model.block2, 2), (model.block1, 1)]
     raise ValueError(f"no Grad-CAM target layers known for {name!r}; valid: {', '.join(available_models())}")
 
 

@@ -21,6 +21,7 @@ EXPECTED_PARAMS = {
     "shufflenetv2": 1.26e6,
     "wrn40_2": 2.24e6,
     "wrn16_1": 0.175e6,
+    "cnn_small": 5178,  # 16 and 32 channels: 144 + 4608 conv weights, 96 BN, 330 in the head
 }
 
 

@@ -1,0 +1,88 @@
+"""Choose the demo profile's distillation setting from baselines only.
+
+Trains, for each candidate setting, the teacher, the student alone and the tuned-tau KD student
+(the validation-chosen tau of the grid) for HKD, CMC and DML, and prints their test accuracies.
+It never builds a stochastic-tau run: the demo's settings are fixed before those are looked at
+(docs/protocol.md, "The demo's distillation setting").
+
+    python scripts/choose_demo_settings.py [--seeds 0 1 2] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+import pandas as pd
+
+from greenkd_utils import experiments as ex
+
+# Each candidate changes the demo profile: the models, the training-set size and the schedules.
+CANDIDATES = {
+    "wrn16_1-to-cnn_small-full": dict(
+        teacher_model="wrn16_1", student_model="cnn_small", train_subset=None,
+        teacher_train=dict(epochs=30, lr=0.05), student_train=dict(epochs=20, lr=0.05),
+    ),
+    "wrn16_1-to-cnn_small-600": dict(
+        teacher_model="wrn16_1", student_model="cnn_small", train_subset=600,
+        teacher_train=dict(epochs=30, lr=0.05), student_train=dict(epochs=30, lr=0.05),
+    ),
+    "wrn16_1-to-cnn_small-300": dict(
+        teacher_model="wrn16_1", student_model="cnn_small", train_subset=300,
+        teacher_train=dict(epochs=40, lr=0.05), student_train=dict(epochs=40, lr=0.05),
+    ),
+}
+
+
+def candidate_experiment(name: str, seeds, results_dir=None) -> ex.Experiment:
+    spec = dict(CANDIDATES[name])
+    exp = ex.setup("demo", results_dir=results_dir, seeds=list(seeds), progress=False)
+    profile = exp.profile
+    changes = {k: v for k, v in spec.items() if k not in ("teacher_train", "student_train")}
+    changes["teacher_train"] = {**profile.teacher_train, **spec.get("teacher_train", {})}
+    changes["student_train"] = {**profile.student_train, **spec.get("student_train", {})}
+    exp.profile = dataclasses.replace(profile, **changes)
+    return exp
+
+
+def baselines(exp: ex.Experiment) -> dict:
+    dataset = exp.profile.datasets[0]
+    seeds = exp.profile.seeds
+    row = {
+        "teacher": [exp.teacher(dataset, s).test_accuracy for s in seeds],
+        "student": [exp.student(dataset, s).test_accuracy for s in seeds],
+    }
+    for loss in exp.profile.losses:
+        tuned = [exp.tuned(dataset, s, loss) for s in seeds]
+        row[f"tuned_{loss}"] = [t.test_accuracy for t in tuned]
+        row[f"tau_{loss}"] = [t.chosen_tau for t in tuned]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="*", default=None, choices=sorted(CANDIDATES))
+    parser.add_argument("--results-dir", default=None)
+    args = parser.parse_args()
+    rows = []
+    for name in args.only or CANDIDATES:
+        started = time.perf_counter()
+        exp = candidate_experiment(name, args.seeds, args.results_dir)
+        values = baselines(exp)
+        row = {"candidate": name, "n_seeds": len(args.seeds)}
+        for key, vals in values.items():
+            if key.startswith("tau_"):
+                row[key] = ",".join(f"{v:g}" for v in vals)
+            else:
+                row[key] = f"{np.mean(vals):.1f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.1f}"
+        row["wall_s"] = round(time.perf_counter() - started)
+        rows.append(row)
+        print(pd.DataFrame([row]).to_markdown(index=False), flush=True)
+    print(pd.DataFrame(rows).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()
