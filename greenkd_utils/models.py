@@ -258,7 +258,7 @@ class SmallCNN(nn.Module):
 
 @register_model("cnn_small")
 def cnn_small(num_classes: int, in_channels: int = 3) -> nn.Module:
-    """The demo's student: about 6k parameters at 10 classes."""
+    """The demo's student: about 5k parameters at 10 classes (5,178 on greyscale digits)."""
     return SmallCNN(num_classes, in_channels)
 
 

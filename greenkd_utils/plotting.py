@@ -136,3 +136,8 @@ def plot_tau_and_batch_size(tau_table, batch_table, title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def add_verdict(fig, sentence: str) -> None:
+    """Print the stochastic-vs-tuned verdict under a figure, so the picture carries the answer with it."""
+    fig.text(0.5, -0.02, sentence, ha="center", va="top", fontsize=9, wrap=True)

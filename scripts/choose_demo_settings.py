@@ -33,6 +33,11 @@ CANDIDATES = {
         teacher_model="wrn16_1", student_model="cnn_small", train_subset=300,
         teacher_train=dict(epochs=40, lr=0.05), student_train=dict(epochs=40, lr=0.05),
     ),
+    # Post-hoc amendment (docs/protocol.md): the same setting with three times the student steps.
+    "wrn16_1-to-cnn_small-600-90ep": dict(
+        teacher_model="wrn16_1", student_model="cnn_small", train_subset=600,
+        teacher_train=dict(epochs=30, lr=0.05), student_train=dict(epochs=90, lr=0.05),
+    ),
 }
 
 

@@ -21,7 +21,7 @@ EXPECTED_PARAMS = {
     "shufflenetv2": 1.26e6,
     "wrn40_2": 2.24e6,
     "wrn16_1": 0.175e6,
-    "cnn_small": 5178,  # 16 and 32 channels: 144 + 4608 conv weights, 96 BN, 330 in the head
+    "cnn_small": 5466,  # 3 input channels, 16 and 32 channels: 432 + 4608 conv weights, 96 BN, 330 in the head
 }
 
 

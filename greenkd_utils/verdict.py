@@ -1,0 +1,111 @@
+"""Does stochastic tau match tuned tau? A paired interval and a verdict against a stated margin.
+
+The paper's claim is an equivalence: one run with tau ~ U[2, 20] per batch reaches the accuracy of
+the validation-tuned fixed tau. With the same seeds on both sides the fair test is paired: the
+per-seed difference ``stochastic - tuned``, its mean and the 95% t interval of that mean (computed by
+scipy's paired t-test, not a hand-written table). The verdict reads the interval against an
+equivalence margin (default 1 accuracy point):
+
+``equivalent``    the whole interval lies inside [-margin, +margin]
+``worse``         otherwise, the whole interval lies below 0
+``better``        otherwise, the whole interval lies above 0
+``inconclusive``  otherwise (the interval straddles 0 and reaches past the margin)
+
+With fewer than two seeds there is no interval, and the verdict is ``inconclusive``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, Sequence
+
+import numpy as np
+from scipy import stats
+
+VERDICTS = ("equivalent", "better", "worse", "inconclusive")
+DEFAULT_MARGIN_PCT = 1.0
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class PairedVerdict:
+    """The paired comparison of stochastic against tuned accuracy (percentage points)."""
+
+    n_seeds: int
+    tuned_mean_pct: float
+    stochastic_mean_pct: float
+    difference_pct: float
+    ci_low_pct: float
+    ci_high_pct: float
+    margin_pct: float
+    verdict: str
+
+    def to_dict(self) -> Dict[str, float | int | str]:
+        return asdict(self)
+
+    def sentence(self) -> str:
+        """One line for a figure or a README: the difference, its interval and the verdict."""
+        interval = (
+            f"95% CI [{self.ci_low_pct:+.2f}, {self.ci_high_pct:+.2f}]"
+            if math.isfinite(self.ci_low_pct)
+            else "no interval with one seed"
+        )
+        return (
+            f"stochastic - tuned = {self.difference_pct:+.2f} points ({interval}, {self.n_seeds} seeds): "
+            f"{self.verdict} at a +-{self.margin_pct:g}-point margin"
+        )
+
+
+def check_margin(margin_pct: float) -> float:
+    margin = float(margin_pct)
+    if not (math.isfinite(margin) and margin > 0):
+        raise ValueError(f"the equivalence margin must be a finite number of points > 0; got {margin_pct!r}")
+    return margin
+
+
+def classify(ci_low: float, ci_high: float, margin_pct: float) -> str:
+    """The verdict for an interval of the difference (stochastic - tuned), in points."""
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+        return "inconclusive"
+    if -margin_pct <= ci_low and ci_high <= margin_pct:
+        return "equivalent"
+    if ci_high < 0:
+        return "worse"
+    if ci_low > 0:
+        return "better"
+    return "inconclusive"
+
+
+def paired_verdict(
+    tuned_pct: Sequence[float], stochastic_pct: Sequence[float], margin_pct: float = DEFAULT_MARGIN_PCT
+) -> PairedVerdict:
+    """Compare per-seed accuracies (same seeds, same order) of the tuned and the stochastic runs."""
+    margin = check_margin(margin_pct)
+    tuned = np.asarray(tuned_pct, dtype=float)
+    stochastic = np.asarray(stochastic_pct, dtype=float)
+    if tuned.shape != stochastic.shape or tuned.ndim != 1 or tuned.size == 0:
+        raise ValueError(
+            f"paired accuracies need the same non-empty list of seeds on both sides; got {tuned.size} tuned "
+            f"and {stochastic.size} stochastic values"
+        )
+    difference = stochastic - tuned
+    mean = float(difference.mean())
+    if difference.size < 2:
+        low = high = float("nan")
+    elif np.allclose(difference, difference[0]):
+        # No spread: the t interval degenerates to the point itself (scipy would return NaN).
+        low = high = mean
+    else:
+        interval = stats.ttest_rel(stochastic, tuned).confidence_interval(confidence_level=CONFIDENCE)
+        low, high = float(interval.low), float(interval.high)
+    return PairedVerdict(
+        n_seeds=int(difference.size),
+        tuned_mean_pct=float(tuned.mean()),
+        stochastic_mean_pct=float(stochastic.mean()),
+        difference_pct=mean,
+        ci_low_pct=low,
+        ci_high_pct=high,
+        margin_pct=margin,
+        verdict=classify(low, high, margin),
+    )
