@@ -2,6 +2,7 @@
 
     python benchmarks/kd_epoch.py                       # CIFAR and Tiny ImageNet shapes, batch 128 and 512
     python benchmarks/kd_epoch.py --images 2048 --shapes cifar --batch-sizes 128   # a quick CPU check
+    python benchmarks/kd_epoch.py --shapes cifar --json kd_epoch.json               # also keep the figures as JSON
 
 Workload: ResNet18 teacher -> MobileNetV2 student, HKD, stochastic tau, on synthetic data of the paper's
 shapes (CIFAR: 50,000 x 3 x 32 x 32, 10 classes; Tiny ImageNet: 100,000 x 3 x 64 x 64, 200 classes).
@@ -14,16 +15,21 @@ shapes (CIFAR: 50,000 x 3 x 32 x 32, 10 classes; Tiny ImageNet: 100,000 x 3 x 64
 
 Prints images/s, seconds per epoch, energy per epoch (GPU: NVML's energy counter, measured; CPU: what
 EnergyMeter can read, labelled) and the speed-up. A benchmark prints numbers; it asserts nothing.
+``--json PATH`` also writes every figure to PATH, rewritten after each row so that a run stopped half-way
+keeps what it measured (benchmarks/gpu_check.py turns it into a Markdown table).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -33,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from greenkd_utils.augment import BatchAugment
-from greenkd_utils.carbon import EnergyMeter
+from greenkd_utils.carbon import EnergyMeter, EnergyReport
 from greenkd_utils.config import AugmentSettings, TrainSettings
 from greenkd_utils.engine import ExecutionPlan, make_optimizer, train_epoch
 from greenkd_utils.losses import kd_loss
@@ -72,6 +78,16 @@ class Timing:
     seconds: float
     energy_kwh: float
     energy_label: str
+    # The GPU's own share (NVML), the figure docs/benchmarks.md reports per epoch; None off a GPU.
+    gpu_energy_kwh: Optional[float] = None
+    gpu_energy_source: Optional[str] = None
+    gpu_energy_method: Optional[str] = None
+
+    @classmethod
+    def of(cls, images: int, seconds: float, report: EnergyReport) -> "Timing":
+        gpu = report.components.get("gpu")
+        return cls(images, seconds, report.energy_kwh, report.source,
+                   gpu.energy_kwh if gpu else None, gpu.source if gpu else None, gpu.method if gpu else None)
 
     @property
     def images_per_s(self) -> float:
@@ -112,7 +128,7 @@ def conventional_epoch(teacher, student, images_hwc, labels, batch_size, device,
             seen += y.numel()
         synchronize(device)
         seconds = time.perf_counter() - start
-    return Timing(seen, seconds, meter.report.energy_kwh, meter.report.source)
+    return Timing.of(seen, seconds, meter.report)
 
 
 def fast_epoch(teacher, student, images_u8, labels, batch_size, device, compile_models, warmup: bool) -> Timing:
@@ -148,7 +164,46 @@ def fast_epoch(teacher, student, images_u8, labels, batch_size, device, compile_
         stats = one_epoch(len(labels))
         synchronize(device)
         seconds = time.perf_counter() - start
-    return Timing(int(stats["seen"]), seconds, meter.report.energy_kwh, meter.report.source)
+    return Timing.of(int(stats["seen"]), seconds, meter.report)
+
+
+def nvidia_driver_version() -> Optional[str]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # no NVML library, no driver: the figure is simply unknown
+        return None
+
+
+def describe_environment(device: torch.device, args: argparse.Namespace) -> Dict[str, Any]:
+    described: Dict[str, Any] = {
+        "device_type": device.type,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "workers": args.workers,
+        "compile": args.compile,
+    }
+    if device.type == "cuda":
+        described["cudnn"] = torch.backends.cudnn.version()
+        described["driver"] = nvidia_driver_version()
+    return described
+
+
+def write_json(path: Path, figures: Dict[str, Any]) -> None:
+    # Written beside the target and renamed, so a reader never sees half a file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(figures, indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def main(argv=None) -> None:
@@ -160,6 +215,8 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's models")
     parser.add_argument("--skip-conventional", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
@@ -168,8 +225,15 @@ def main(argv=None) -> None:
           f" | torch {torch.__version__} | python {platform.python_version()} | workers {args.workers}"
           f" | compile {args.compile}")
     if device.type == "cuda":
-        print(f"driver: {torch.cuda.get_device_properties(device).name}, CUDA {torch.version.cuda}")
+        print(f"driver: {nvidia_driver_version() or 'unknown'}, CUDA {torch.version.cuda}")
     print(f"{'shape':<13}{'batch':>6}{'path':>14}{'images':>9}{'s/epoch':>10}{'images/s':>11}{'kWh/epoch':>12}  energy")
+    figures: Dict[str, Any] = {
+        "benchmark": "kd_epoch",
+        "workload": "resnet18 teacher -> mobilenetv2 student, HKD, stochastic tau U[2, 20] per batch, synthetic data",
+        "environment": describe_environment(device, args),
+        "rows": [],
+        "speedups": [],
+    }
     for shape in args.shapes:
         full, size, classes = SHAPES[shape]
         n = min(args.images or full, full)
@@ -193,9 +257,22 @@ def main(argv=None) -> None:
             for name, t in rows:
                 print(f"{shape:<13}{batch_size:>6}{name:>14}{t.images:>9}{t.seconds:>10.2f}{t.images_per_s:>11.0f}"
                       f"{t.energy_kwh:>12.2e}  {t.energy_label}")
+                figures["rows"].append({
+                    "shape": shape, "batch_size": batch_size, "path": name,
+                    # torch.compile only ever applies to the fast path, and only on CUDA (ExecutionPlan).
+                    "compile": bool(args.compile and name == "fast" and device.type == "cuda"),
+                    "images": t.images, "seconds": t.seconds, "images_per_s": t.images_per_s,
+                    "energy_kwh": t.energy_kwh, "energy_source": t.energy_label,
+                    "gpu_energy_kwh": t.gpu_energy_kwh, "gpu_energy_source": t.gpu_energy_source,
+                    "gpu_energy_method": t.gpu_energy_method,
+                })
             if len(rows) == 2:
-                print(f"{'':<19}speed-up (fast / conventional images per s): "
-                      f"{rows[1][1].images_per_s / rows[0][1].images_per_s:.2f}x")
+                speedup = rows[1][1].images_per_s / rows[0][1].images_per_s
+                print(f"{'':<19}speed-up (fast / conventional images per s): {speedup:.2f}x")
+                figures["speedups"].append({"shape": shape, "batch_size": batch_size,
+                                            "fast_over_conventional": speedup})
+            if args.json is not None:
+                write_json(args.json, figures)
             sys.stdout.flush()
 
 

@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .checks import real_number
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PUE = 1.67
@@ -899,8 +901,11 @@ class EnergyMeter:
     ):
         if not sample_interval_s > 0:
             raise ValueError(f"sample_interval_s must be > 0; got {sample_interval_s}")
-        self.pue = float(pue)
-        self.carbon_intensity_g_per_kwh = float(carbon_intensity_g_per_kwh)
+        # A PUE below 1 or a negative intensity would make every bill this meter signs too small.
+        self.pue = real_number("pue", pue, at_least=1)
+        self.carbon_intensity_g_per_kwh = real_number(
+            "carbon_intensity_g_per_kwh", carbon_intensity_g_per_kwh, at_least=0
+        )
         self.device = device
         self.sample_interval_s = float(sample_interval_s)
         self.cpu_watts_per_core = float(cpu_watts_per_core)

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DATASETS",
     "DATA_ROOT_ENV",
+    "DatasetCorruptError",
     "DatasetNotFoundError",
     "ImageDataset",
     "load_dataset",
@@ -64,6 +65,11 @@ class DatasetNotFoundError(FileNotFoundError):
 
     The message says what to download, from where, and where to put it.
     """
+
+
+class DatasetCorruptError(DatasetNotFoundError):
+    """A data set's file is there but cannot be read (a damaged extraction, or a web page saved by a failed
+    download). The message names the file and says to extract the archive again."""
 
 
 # --------------------------------------------------------------------------
@@ -430,8 +436,24 @@ def _load_digits() -> ImageDataset:
 # --------------------------------------------------------------------------
 
 
-def _unpickle(name: str, root: Path, path: Path) -> Dict[Any, Any]:
-    """One CIFAR pickle file.
+def _damaged_error(name: str, root: Path, path: Path, why: str) -> DatasetCorruptError:
+    return DatasetCorruptError(
+        f"{name}: {path} cannot be read: {why}. Delete the folder {path.parent} and extract the archive "
+        f"again. {_how_to_get(name, str(root))}"
+    )
+
+
+def _why_unreadable(head: bytes, error: Exception) -> str:
+    text = head.lstrip().lower()
+    if not head:
+        return "it is empty"
+    if text.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
+        return "it is a web page, not a CIFAR pickle (a download that failed and saved an error page)"
+    return f"it is truncated or damaged ({type(error).__name__})"
+
+
+def _unpickle(name: str, root: Path, path: Path, *fields: str) -> Dict[Any, Any]:
+    """One CIFAR pickle file, which must be a record holding ``fields``.
 
     The files were written by Python 2; ``encoding="bytes"`` keeps their keys
     and strings as bytes instead of guessing a text encoding. Only unpickle
@@ -439,8 +461,32 @@ def _unpickle(name: str, root: Path, path: Path) -> Dict[Any, Any]:
     """
     if not path.is_file():
         raise _incomplete_error(name, root, path)
-    with open(path, "rb") as handle:
-        return pickle.load(handle, encoding="bytes")
+    head = b""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+            handle.seek(0)
+            record = pickle.load(handle, encoding="bytes")
+    except Exception as error:  # pickle raises UnpicklingError, EOFError, ValueError, ... on bad bytes
+        raise _damaged_error(name, root, path, _why_unreadable(head, error)) from None
+    if not isinstance(record, dict):
+        raise _damaged_error(name, root, path, f"it holds a {type(record).__name__}, not a CIFAR record")
+    missing = [key for key in fields if key not in record and key.encode("ascii") not in record]
+    if missing:
+        raise _damaged_error(name, root, path, f"it has no {', '.join(missing)} entry")
+    return record
+
+
+def _read_batch(name: str, root: Path, path: Path, label_key: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Images and labels of the CIFAR batch file ``path``."""
+    record = _unpickle(name, root, path, "data", label_key)
+    try:
+        images, labels = _cifar_arrays(record, label_key)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise _damaged_error(name, root, path, str(error)) from None
+    if len(images) != len(labels):
+        raise _damaged_error(name, root, path, f"it has {len(images)} images but {len(labels)} labels")
+    return images, labels
 
 
 def _field(record: Dict[Any, Any], key: str) -> Any:
@@ -496,12 +542,9 @@ def _cifar_folder(name: str, root: Optional[PathLike], download: bool) -> Tuple[
 def _load_cifar10(root: Optional[PathLike], download: bool) -> ImageDataset:
     """CIFAR-10 from ``{root}/cifar-10-batches-py/`` (50000 train, 10000 test)."""
     root_path, folder = _cifar_folder("cifar10", root, download)
-    batches = [_unpickle("cifar10", root_path, folder / f"data_batch_{i}") for i in range(1, 6)]
-    train = [_cifar_arrays(batch, "labels") for batch in batches]
-    test_images, test_labels = _cifar_arrays(
-        _unpickle("cifar10", root_path, folder / "test_batch"), "labels"
-    )
-    meta = _unpickle("cifar10", root_path, folder / "batches.meta")
+    train = [_read_batch("cifar10", root_path, folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
+    test_images, test_labels = _read_batch("cifar10", root_path, folder / "test_batch", "labels")
+    meta = _unpickle("cifar10", root_path, folder / "batches.meta", "label_names")
     names = [_text(n) for n in _field(meta, "label_names")]
     return _make_dataset(
         "cifar10",
@@ -516,13 +559,9 @@ def _load_cifar10(root: Optional[PathLike], download: bool) -> ImageDataset:
 def _load_cifar100(root: Optional[PathLike], download: bool) -> ImageDataset:
     """CIFAR-100 from ``{root}/cifar-100-python/`` with the 100 fine labels."""
     root_path, folder = _cifar_folder("cifar100", root, download)
-    train_images, train_labels = _cifar_arrays(
-        _unpickle("cifar100", root_path, folder / "train"), "fine_labels"
-    )
-    test_images, test_labels = _cifar_arrays(
-        _unpickle("cifar100", root_path, folder / "test"), "fine_labels"
-    )
-    meta = _unpickle("cifar100", root_path, folder / "meta")
+    train_images, train_labels = _read_batch("cifar100", root_path, folder / "train", "fine_labels")
+    test_images, test_labels = _read_batch("cifar100", root_path, folder / "test", "fine_labels")
+    meta = _unpickle("cifar100", root_path, folder / "meta", "fine_label_names")
     names = [_text(n) for n in _field(meta, "fine_label_names")]
     return _make_dataset("cifar100", train_images, train_labels, test_images, test_labels, names)
 

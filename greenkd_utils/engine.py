@@ -7,7 +7,8 @@ interrupted run resumes where it stopped.
 
 The loop keeps the dataset on the training device as uint8, augments whole
 batches there, and synchronises with the host once per epoch (metrics), never
-per batch: the epoch's taus are drawn up front and copied in one transfer.
+per batch: the epoch's taus are drawn up front and copied in one transfer (a learned temperature computes
+its tau on the device instead; see temperature.TemperatureSchedule).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from . import __version__
 from .augment import BatchAugment, standardize
@@ -38,7 +39,7 @@ from .flops import gflops_millions, kd_step_flops, train_step_flops
 from .losses import kd_loss
 from .models import create_model
 from .store import RunStore
-from .temperature import TauStatistics
+from .temperature import EpochTaus, TauStatistics
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +233,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 # ---------------------------------------------------------------------------------------------
 # Optimiser and schedule (the paper's: SGD, one-epoch warm-up, x0.2 at the milestones)
 # ---------------------------------------------------------------------------------------------
-def make_optimizer(model: torch.nn.Module, settings: TrainSettings, plan: ExecutionPlan) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, settings: TrainSettings, plan: ExecutionPlan, extra_params=()
+) -> torch.optim.Optimizer:
+    """SGD over the model's parameters and ``extra_params`` (a learned temperature's), with the same settings."""
     extra = {"fused": True} if plan.fused_optimizer else {}
     return torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay, **extra
+        [*model.parameters(), *extra_params],
+        lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay, **extra,
     )
 
 
@@ -298,6 +303,7 @@ def objective(config: RunConfig, student_logits, teacher_logits, targets, tau) -
         tau,
         alpha=config.alpha,
         kl_reduction=config.kl_reduction,
+        logit_standardization=config.logit_standardization,
     )
 
 
@@ -309,7 +315,7 @@ def train_epoch(
     std: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     scheduler,
-    taus: Optional[torch.Tensor],
+    taus: Optional[EpochTaus | torch.Tensor],
     loss_fn: Callable[[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]], torch.Tensor],
     augment: BatchAugment,
     generator: torch.Generator,
@@ -401,11 +407,12 @@ def _train(
 
     n_steps = steps_per_epoch(data.train[1].numel(), settings.batch_size)
     batch_size = min(settings.batch_size, data.train[1].numel())
-    optimizer = make_optimizer(model, settings, plan)
+    temperature = config.temperature.build(config.temperature_seed).to(device) if config.role == "kd" else None
+    # A learned temperature (CTKD) trains with the student, in the same optimiser and lr schedule.
+    optimizer = make_optimizer(model, settings, plan, temperature.parameters() if temperature is not None else ())
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, n_steps, settings)
     )
-    temperature = config.temperature.build(config.temperature_seed) if config.role == "kd" else None
     generator = torch.Generator(device=device).manual_seed(config.seed)
     augment = BatchAugment(settings.augment)
     if teacher is not None:
@@ -447,9 +454,9 @@ def _train(
     with EnergyMeter(device=device) as meter:
         for epoch in range(start_epoch, settings.epochs):
             model.train()
-            # tau is drawn here: one value per batch for the whole epoch, copied to the device once.
-            epoch_taus = temperature.sample_many(n_steps) if temperature is not None else np.zeros(0)
-            taus_device = torch.as_tensor(epoch_taus, dtype=torch.float32, device=device)
+            # tau is drawn here for the whole epoch (per batch or per sample) and copied to the device once;
+            # a learned temperature computes each step's tau on the device instead.
+            epoch_taus = temperature.for_epoch(epoch, n_steps, batch_size, device) if temperature is not None else None
             if teacher is not None and fixed_teacher_logits is None and augment.is_identity:
                 # Without augmentation the teacher sees the same images every epoch: one pass serves the run.
                 fixed_teacher_logits = predict_logits(teacher, data.train[0], data.mean, data.std, plan=plan)
@@ -462,7 +469,7 @@ def _train(
                 data.std,
                 optimizer,
                 scheduler,
-                taus_device if temperature is not None else None,
+                epoch_taus,
                 lambda s, t, y, tau: objective(config, s, t, y, tau),
                 augment,
                 generator,
@@ -480,9 +487,10 @@ def _train(
             train_loss, train_acc, val_acc, test_acc = (
                 torch.stack([stats["loss_sum"] / seen, stats["correct"] * 100.0 / seen, val_acc, test_acc]).tolist()
             )
-            taus_used.append(epoch_taus)
+            used = epoch_taus.values().reshape(-1) if epoch_taus is not None else np.zeros(0)
+            taus_used.append(used)
             energy = meter.snapshot() if energy_before is None else energy_before + meter.snapshot()
-            tau_stats = TauStatistics.of(epoch_taus)
+            tau_stats = TauStatistics.of(used)
             history.append(
                 {
                     "epoch": epoch + 1,
@@ -500,6 +508,7 @@ def _train(
                     "energy_kwh": energy.energy_kwh,
                     "energy_source": energy.source,
                     "wall_time_s": wall_before + time.perf_counter() - started,
+                    **(epoch_taus.record() if epoch_taus is not None else {}),
                 }
             )
             bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.1f}", test=f"{test_acc:.1f}")
@@ -559,7 +568,7 @@ def describe_taus(config: RunConfig, taus: np.ndarray) -> Dict[str, Any]:
     stats = TauStatistics.of(taus)
     counts, edges = np.histogram(taus, bins=18, range=(spec.low, spec.high))
     return {
-        "mode": "stochastic",
+        "mode": spec.mode,
         "low": spec.low,
         "high": spec.high,
         "count": stats.count,

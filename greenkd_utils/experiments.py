@@ -18,12 +18,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from . import knobs
 from .carbon import EnergyReport
 from .config import RunConfig, TemperatureSpec
 from .engine import RunResult, train_run
 from .profiles import Profile, load_profile
 from .store import RunStore, atomic_write_bytes, atomic_write_json
 from .sweep import TunedResult, tuned_sweep
+from .verdict import DEFAULT_MARGIN_PCT, PairedVerdict, check_margin, paired_verdict
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +87,16 @@ def setup(
 ) -> Experiment:
     """Load ``profile`` with ``overrides`` (None values are ignored) and open its run store.
 
-    ``results_dir`` defaults to ``$GREENKD_RESULTS`` or ``<repo>/results/<profile>``.
+    Every knob is parsed by :mod:`greenkd_utils.knobs` first, so papermill's strings
+    (``seeds="[0, 1]"``) work and a bad value (``seeds="abc"``) fails here, naming the knob,
+    before anything trains. ``results_dir`` defaults to ``$GREENKD_RESULTS`` or
+    ``<repo>/results/<profile>``.
     """
-    prof = load_profile(profile, device=device, **overrides)
+    values = knobs.coerce(
+        {"profile": profile, "results_dir": results_dir, "data_root": data_root, "device": device, **overrides}
+    )
+    profile, results_dir, data_root, device = (values.pop(k) for k in ("profile", "results_dir", "data_root", "device"))
+    prof = load_profile(profile, device=device, **values)
     results_dir = results_dir or os.environ.get("GREENKD_RESULTS") or REPO_ROOT / "results" / profile
     data_root = data_root or os.environ.get("GREENKD_DATA_ROOT")
     if os.environ.get("GREENKD_PROGRESS") == "0":
@@ -95,9 +104,21 @@ def setup(
     return Experiment(prof, RunStore(results_dir), prof.device, None if data_root is None else str(data_root), progress)
 
 
+# A notebook's first call after its parameters cell: globals().update(ex.notebook_parameters(globals())).
+notebook_parameters = knobs.parameters_from_namespace
+
+
 # ---------------------------------------------------------------------------------------------
 # Turning runs into table rows
 # ---------------------------------------------------------------------------------------------
+# How the single-run arm's tau reads in a table, per temperature mode.
+SINGLE_RUN_TAU = {
+    "stochastic": "U[{low:g}, {high:g}] per batch",
+    "stochastic_per_sample": "U[{low:g}, {high:g}] per sample",
+    "ctkd": "learned (CTKD), within [{low:g}, {high:g}]",
+}
+
+
 def summarise(exp: Experiment, results: Sequence[RunResult | TunedResult], **keys) -> Dict[str, Any]:
     """One table row from the per-seed results of one cell."""
     accuracies = np.array([r.test_accuracy for r in results], dtype=float)
@@ -123,9 +144,9 @@ def summarise(exp: Experiment, results: Sequence[RunResult | TunedResult], **key
     if tuned:
         row["tau"] = "chosen on validation: " + ", ".join(f"{r.chosen_tau:g}" for r in tuned)
         row["grid_size"] = len(tuned[0].runs)
-    elif results and results[0].tau.get("mode") == "stochastic":
+    elif results and results[0].tau.get("mode") in SINGLE_RUN_TAU:
         t = results[0].tau
-        row["tau"] = f"U[{t['low']:g}, {t['high']:g}] per batch"
+        row["tau"] = SINGLE_RUN_TAU[t["mode"]].format(low=t["low"], high=t["high"])
         row["grid_size"] = 1
     else:
         row["tau"] = ""
@@ -184,6 +205,47 @@ def energy_ratio(table: pd.DataFrame, by: Sequence[str] = ("dataset",)) -> pd.Da
     return pd.DataFrame(out)
 
 
+VERDICT_COLUMNS = (
+    "dataset", "loss", "n_seeds", "tuned_mean_pct", "stochastic_mean_pct", "difference_pct",
+    "ci_low_pct", "ci_high_pct", "margin_pct", "verdict", "energy_ratio_tuned_over_stochastic",
+)
+
+
+def verdict_table(
+    exp: Experiment, losses: Optional[Iterable[str]] = None, margin_pct: float = DEFAULT_MARGIN_PCT
+) -> pd.DataFrame:
+    """Stochastic vs tuned tau, per dataset and loss: the paired difference over the same seeds, its 95%
+    interval and the verdict against ``margin_pct`` (see :mod:`greenkd_utils.verdict`), with the energy
+    ratio of the two (tuned sweep over one stochastic run, mean over seeds)."""
+    check_margin(margin_pct)
+    rows = []
+    for dataset in exp.profile.datasets:
+        for loss in losses or exp.profile.losses:
+            tuned = [exp.tuned(dataset, s, loss) for s in exp.profile.seeds]
+            stochastic = [exp.stochastic(dataset, s, loss) for s in exp.profile.seeds]
+            verdict = paired_verdict(
+                [r.test_accuracy for r in tuned], [r.test_accuracy for r in stochastic], margin_pct
+            )
+            tuned_kwh = np.mean([exp.energy(r.energy).energy_kwh for r in tuned])
+            stochastic_kwh = np.mean([exp.energy(r.energy).energy_kwh for r in stochastic])
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "loss": loss,
+                    **verdict.to_dict(),
+                    "energy_ratio_tuned_over_stochastic": float(tuned_kwh / stochastic_kwh),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+
+
+def verdict_sentence(row) -> str:
+    """The one-line reading of a :func:`verdict_table` row (a namedtuple from ``itertuples`` or a dict)."""
+    values = row._asdict() if hasattr(row, "_asdict") else dict(row)
+    fields = PairedVerdict.__dataclass_fields__
+    return PairedVerdict(**{k: values[k] for k in fields}).sentence()
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing what a notebook produces
 # ---------------------------------------------------------------------------------------------
@@ -203,8 +265,15 @@ def write_table(table: pd.DataFrame, output_dir: str | os.PathLike, name: str, n
     return [csv_path, md_path]
 
 
-def write_summary(exp: Experiment, output_dir: str | os.PathLike, name: str, tables: Dict[str, pd.DataFrame]) -> Path:
-    """A small JSON beside the outputs (energy totals, constants) that run_all.sh folds into its manifest."""
+def write_summary(
+    exp: Experiment,
+    output_dir: str | os.PathLike,
+    name: str,
+    tables: Dict[str, pd.DataFrame],
+    verdicts: Optional[pd.DataFrame] = None,
+) -> Path:
+    """A small JSON beside the outputs (energy totals, constants, stochastic-vs-tuned verdicts) that
+    run_all.sh folds into its manifest."""
     totals = {}
     for key, table in tables.items():
         if "energy_kwh" in table:
@@ -224,6 +293,7 @@ def write_summary(exp: Experiment, output_dir: str | os.PathLike, name: str, tab
             "device": exp.device,
             "results_dir": str(exp.store.root),
             "tables": totals,
+            "verdicts": [] if verdicts is None else verdicts.to_dict(orient="records"),
         },
     )
     return path

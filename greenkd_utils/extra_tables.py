@@ -17,15 +17,18 @@ Tables 7 and 8 (``profile_overrides``), to keep the test-suite fast.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 import yaml
 
-from . import reference
+from . import knobs, reference
 from .profiles import PROFILES, Profile, overridable_knobs
+
+log = logging.getLogger(__name__)
 
 NOTEBOOKS = ("table7_teacher_student_pairs", "table8_quantization", "figure3_temperature_and_batch")
 
@@ -98,20 +101,41 @@ def profile_overrides(profile_name: str, notebook: str) -> Dict[str, Any]:
 
 def setup(profile: str, notebook: str, *, results_dir=None, data_root=None, device=None, progress: bool = True,
           teacher_epochs: Optional[int] = None, pue: Optional[float] = None,
-          carbon_intensity_g_per_kwh: Optional[float] = None, **settings_overrides):
+          carbon_intensity_g_per_kwh: Optional[float] = None, datasets: Optional[Sequence[str]] = None,
+          train_subset: Optional[int] = None, test_subset: Optional[int] = None,
+          temperature_mode: Optional[str] = None, logit_standardization: Optional[bool] = None,
+          **settings_overrides):
     """``experiments.setup`` with the notebook's profile overrides, and the notebook's settings.
 
     Returns ``(experiment, settings)``. Parameters left at None keep the profile's (or the
-    notebook's) values; ``settings_overrides`` go to :func:`load_settings`.
+    notebook's) values. These notebooks show one dataset: the first of ``datasets``.
+    ``train_subset`` and ``test_subset`` change the profile (and so its teachers' run keys);
+    ``settings_overrides`` go to :func:`load_settings`. Every value is parsed by
+    :mod:`greenkd_utils.knobs` before anything is built.
     """
     from .experiments import setup as experiment_setup
 
-    knobs = profile_overrides(profile, notebook)
-    knobs.update({k: v for k, v in {"teacher_epochs": teacher_epochs, "pue": pue,
-                                    "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh}.items() if v is not None})
-    exp = experiment_setup(profile, results_dir=results_dir, data_root=data_root, device=device, progress=progress,
-                           **knobs)
-    return exp, load_settings(exp.profile, notebook, **settings_overrides)
+    values = knobs.coerce({
+        "profile": profile, "results_dir": results_dir, "data_root": data_root, "device": device,
+        "teacher_epochs": teacher_epochs, "pue": pue, "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh,
+        "datasets": datasets, "train_subset": train_subset, "test_subset": test_subset,
+        "temperature_mode": temperature_mode, "logit_standardization": logit_standardization, **settings_overrides,
+    })
+    place = {k: values.pop(k) for k in ("profile", "results_dir", "data_root", "device")}
+    profile_knobs = profile_overrides(place["profile"], notebook)
+    for knob in ("teacher_epochs", "pue", "carbon_intensity_g_per_kwh", "train_subset", "test_subset",
+                 "temperature_mode", "logit_standardization"):
+        if values.get(knob) is not None:
+            profile_knobs[knob] = values[knob]
+        values.pop(knob)
+    datasets = values.pop("datasets")
+    if datasets:
+        values["dataset"] = datasets[0]
+        if len(datasets) > 1:
+            log.info("%s shows one dataset: %s (of %s)", notebook, datasets[0], ", ".join(datasets))
+    exp = experiment_setup(place["profile"], results_dir=place["results_dir"], data_root=place["data_root"],
+                           device=place["device"], progress=progress, **profile_knobs)
+    return exp, load_settings(exp.profile, notebook, **values)
 
 
 def load_settings(profile: Profile, notebook: str, **overrides) -> NotebookSettings:

@@ -57,6 +57,8 @@ def build_manifest(profile: str, output_dir: Path, timings: Path, repo: Path) ->
     for path in sorted(output_dir.glob("*.summary.json")):
         summaries[path.name.removesuffix(".summary.json")] = json.loads(path.read_text())
     notebooks = read_timings(timings)
+    # Table 1 repeats Table 4's HKD verdict: one entry per (dataset, loss).
+    verdicts = {(v["dataset"], v["loss"]): v for s in summaries.values() for v in s.get("verdicts", [])}
     return {
         "profile": profile,
         "commit": git_commit(repo),
@@ -65,6 +67,7 @@ def build_manifest(profile: str, output_dir: Path, timings: Path, repo: Path) ->
         "versions": library_versions(),
         "notebooks": notebooks,
         "total_duration_s": sum(n["duration_s"] for n in notebooks),
+        "verdicts_stochastic_vs_tuned": list(verdicts.values()),
         "energy": summaries,
         "energy_note": "per-notebook energy totals of the runs each table shows; 'estimated' where no sensor was readable",
     }

@@ -20,7 +20,7 @@ METHOD_LABELS = {
     "teacher": "Teacher (CE)",
     "student": "Student (CE)",
     "kd_tuned": "KD, tuned tau (grid)",
-    "kd_stochastic": "KD, stochastic tau (ours)",
+    "kd_stochastic": "KD, stochastic tau (the paper's)",
     "qat": "Quantization-aware training",
 }
 

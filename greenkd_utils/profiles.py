@@ -16,9 +16,13 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 
+from . import knobs
 from .config import AugmentSettings, RunConfig, TemperatureSpec, TrainSettings
 
 PROFILES = ("smoke", "demo", "paper")
+# What the single-run arm of a comparison may be: the paper's per-batch draw, a per-sample draw, or CTKD's
+# learned temperature (docs/protocol.md, "Temperature strategies beyond the paper").
+STOCHASTIC_ARM_MODES = ("stochastic", "stochastic_per_sample", "ctkd")
 
 # Overrides that reach into the nested training settings rather than a top-level field.
 _TRAIN_OVERRIDES = {
@@ -52,6 +56,8 @@ class Profile:
     teacher_train: Dict[str, Any]
     student_train: Dict[str, Any]
     extras: Dict[str, Any] = field(default_factory=dict)
+    temperature_mode: str = "stochastic"
+    logit_standardization: bool = False
 
     # -- settings -------------------------------------------------------------------------
     def train_settings(self, role: str, **changes) -> TrainSettings:
@@ -64,6 +70,12 @@ class Profile:
         return TrainSettings(**raw)
 
     def stochastic(self) -> TemperatureSpec:
+        """The single-run arm's temperature: tau ~ U[tau_range] per batch unless ``temperature_mode`` says
+        otherwise (CTKD keeps its own range, [1, 21])."""
+        if self.temperature_mode == "stochastic_per_sample":
+            return TemperatureSpec.stochastic_per_sample(*self.tau_range)
+        if self.temperature_mode == "ctkd":
+            return TemperatureSpec.ctkd()
         return TemperatureSpec.stochastic(*self.tau_range)
 
     def _common(self) -> Dict[str, Any]:
@@ -116,6 +128,7 @@ class Profile:
             alpha=self.alpha,
             kl_reduction=self.kl_reduction,
             temperature=temperature or self.stochastic(),
+            logit_standardization=self.logit_standardization,
             teacher=self.teacher_config(dataset, seed, teacher_model),
             **self._common(),
         )
@@ -139,10 +152,12 @@ def load_profile(name: str, **overrides) -> Profile:
     """The named profile with ``overrides`` applied; unknown names or knobs are errors, never ignored.
 
     Overrides whose value is None are skipped, so a notebook can pass every knob of its
-    ``parameters`` cell and leave the ones it does not set at None.
+    ``parameters`` cell and leave the ones it does not set at None. Values are parsed by
+    :mod:`greenkd_utils.knobs` (``seeds="0,1"`` works, ``seeds="abc"`` is an error naming ``seeds``).
     """
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+    overrides = knobs.coerce(overrides)
     raw = _read_yaml(name)
     valid = overridable_knobs()
     unknown = sorted(set(overrides) - set(valid))
@@ -189,4 +204,6 @@ def _from_raw(raw: Dict[str, Any]) -> Profile:
         teacher_train=dict(raw["teacher_train"]),
         student_train=dict(raw["student_train"]),
         extras=dict(raw.get("extras") or {}),
+        temperature_mode=str(raw.get("temperature_mode", "stochastic")),
+        logit_standardization=bool(raw.get("logit_standardization", False)),
     )

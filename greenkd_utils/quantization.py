@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from .augment import BatchAugment, standardize
 from .carbon import EnergyMeter, EnergyReport

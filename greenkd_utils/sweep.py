@@ -4,6 +4,9 @@ The winning tau is chosen on the validation split held out from the training
 set (never on the test set). The tuned result's accuracy is the winner's; its
 energy, CO2, FLOPs and wall time are the sum over the whole grid, since that
 is what finding the winner cost.
+
+The same bill, summed over whatever runs a search started, serves the successive-halving search
+(:mod:`greenkd_utils.successive_halving`), whose runs may stop early.
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ class TunedResult:
     @property
     def wall_time_s(self) -> float:
         return sum(r.wall_time_s for r in self.runs)
+
+    @property
+    def epochs_trained(self) -> int:
+        """Training epochs the search paid for (one history row per epoch of each run)."""
+        return sum(len(r.history) for r in self.runs)
 
 
 def choose_on_validation(runs: Sequence[RunResult]) -> RunResult:

@@ -2,18 +2,18 @@
 
 The paper data sets are faked by writing tiny files in their real on-disk
 formats (CIFAR's Python-2 style pickles with bytes keys, Tiny ImageNet's
-folder tree of JPEGs), so the readers are exercised without any download.
+folder tree of JPEGs; tests/dataset_writers.py), so the readers are exercised
+without any download.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from dataset_writers import TINY_WNIDS, write_cifar10, write_cifar100, write_tinyimagenet
 
 from greenkd_utils import data
 from greenkd_utils.data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset
@@ -27,113 +27,6 @@ TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 def _no_env_root(monkeypatch):
     # A developer's own GREENKD_DATA_ROOT must not leak into the tests.
     monkeypatch.delenv(data.DATA_ROOT_ENV, raising=False)
-
-
-# --------------------------------------------------------------------------
-# Fake data on disk, in the real formats
-# --------------------------------------------------------------------------
-
-
-def _dump(path: Path, record: dict) -> None:
-    with open(path, "wb") as handle:
-        pickle.dump(record, handle, protocol=2)
-
-
-def _cifar_rows(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-
-
-def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int = 0) -> dict:
-    """Five train batches, a test batch and batches.meta; returns what was written."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rows, labels = [], []
-    for i in range(1, 6):
-        batch_rows = _cifar_rows(rng, per_batch)
-        batch_labels = [int(x) for x in rng.integers(0, 10, size=per_batch)]
-        _dump(folder / f"data_batch_{i}", {
-            b"batch_label": f"training batch {i} of 5".encode(),
-            b"labels": batch_labels,
-            b"data": batch_rows,
-            b"filenames": [f"img_{i}_{j}.png".encode() for j in range(per_batch)],
-        })
-        rows.append(batch_rows)
-        labels.extend(batch_labels)
-    test_rows = _cifar_rows(rng, n_test)
-    test_labels = [int(x) for x in rng.integers(0, 10, size=n_test)]
-    _dump(folder / "test_batch", {
-        b"batch_label": b"testing batch 1 of 1",
-        b"labels": test_labels,
-        b"data": test_rows,
-        b"filenames": [f"test_{j}.png".encode() for j in range(n_test)],
-    })
-    names = [f"class{k}" for k in range(10)]
-    _dump(folder / "batches.meta", {
-        b"num_cases_per_batch": per_batch,
-        b"label_names": [n.encode() for n in names],
-        b"num_vis": 3072,
-    })
-    return {
-        "train_rows": np.concatenate(rows), "train_labels": labels,
-        "test_rows": test_rows, "test_labels": test_labels, "names": names,
-    }
-
-
-def write_cifar100(root: Path, n_train: int = 10, n_test: int = 5, seed: int = 1) -> dict:
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    written = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        rows = _cifar_rows(rng, n)
-        fine = [int(x) for x in rng.integers(0, 100, size=n)]
-        _dump(folder / split, {
-            b"filenames": [f"{split}_{j}.png".encode() for j in range(n)],
-            b"batch_label": split.encode(),
-            b"fine_labels": fine,
-            b"coarse_labels": [f // 5 for f in fine],
-            b"data": rows,
-        })
-        written[split] = (rows, fine)
-    names = [f"fine{k}" for k in range(100)]
-    _dump(folder / "meta", {
-        b"fine_label_names": [n.encode() for n in names],
-        b"coarse_label_names": [f"coarse{k}".encode() for k in range(20)],
-    })
-    written["names"] = names
-    return written
-
-
-TINY_WNIDS = ["n02", "n01", "n03"]  # deliberately unsorted: file order is the label order
-TINY_COLOURS = {"n02": (200, 30, 30), "n01": (30, 200, 30), "n03": (30, 30, 200)}
-
-
-def write_tinyimagenet(root: Path, per_class: int = 2) -> Path:
-    """3 classes of solid-colour 64x64 JPEGs (one grayscale) plus a val split."""
-    folder = root / "tiny-imagenet-200"
-    (folder / "val" / "images").mkdir(parents=True)
-    (folder / "wnids.txt").write_text("\n".join(TINY_WNIDS) + "\n")
-    (folder / "words.txt").write_text(
-        "n00\tentity\n"
-        "n01\tgoldfish, Carassius auratus\n"
-        "n02\ttabby, tabby cat\n"
-        "n03\tschool bus\n"
-    )
-    for wnid in TINY_WNIDS:
-        images = folder / "train" / wnid / "images"
-        images.mkdir(parents=True)
-        for j in range(per_class):
-            Image.new("RGB", (64, 64), TINY_COLOURS[wnid]).save(images / f"{wnid}_{j}.JPEG")
-        (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
-    # One grayscale training image (the real set has a few).
-    Image.new("L", (64, 64), 128).save(folder / "train" / "n03" / "images" / "n03_gray.JPEG")
-    lines = []
-    for i, wnid in enumerate(["n03", "n01", "n02", "n01"]):
-        Image.new("RGB", (64, 64), TINY_COLOURS[wnid]).save(folder / "val" / "images" / f"val_{i}.JPEG")
-        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
-    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 # --------------------------------------------------------------------------

@@ -2,49 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from dataset_writers import write_voc
 
 from greenkd_utils.data import DatasetNotFoundError
 from greenkd_utils.detection.data import VOC_CLASSES, load_detection_data, load_voc, parse_voc_annotation
 from greenkd_utils.detection.shapes import SHAPE_CLASSES, ShapesSettings, make_shapes
 
-# (year, split, image id, (width, height), [(class, xmin, ymin, xmax, ymax, difficult)], RGB fill)
-TINY_VOC = [
-    ("2007", "trainval", "000005", (40, 20), [("dog", 1, 1, 20, 10, 0), ("person", 21, 5, 40, 20, 1)], (200, 0, 0)),
-    ("2007", "trainval", "000007", (30, 30), [("car", 11, 11, 30, 30, 0)], (0, 200, 0)),
-    ("2007", "test", "000001", (20, 40), [("cat", 1, 1, 10, 20, 0), ("cat", 11, 21, 20, 40, 1)], (0, 0, 200)),
-    ("2012", "trainval", "2008_000002", (50, 25), [("tvmonitor", 6, 6, 25, 25, 0)], (90, 90, 90)),
-]
-
-
-def _write_voc(root: Path) -> Path:
-    from PIL import Image
-
-    for year, split, image_id, (w, h), objects, colour in TINY_VOC:
-        folder = root / "VOCdevkit" / f"VOC{year}"
-        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (w, h), colour).save(folder / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        xml_objects = "".join(
-            f"<object><name>{name}</name><pose>Left</pose><truncated>0</truncated><difficult>{d}</difficult>"
-            f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
-            for name, x1, y1, x2, y2, d in objects
-        )
-        (folder / "Annotations" / f"{image_id}.xml").write_text(
-            f"<annotation><folder>VOC{year}</folder><filename>{image_id}.jpg</filename>"
-            f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>{xml_objects}</annotation>"
-        )
-        with open(folder / "ImageSets" / "Main" / f"{split}.txt", "a") as listing:
-            listing.write(image_id + "\n")
-    return root
-
 
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory):
-    return _write_voc(tmp_path_factory.mktemp("voc"))
+    return write_voc(tmp_path_factory.mktemp("voc"))
 
 
 def test_voc_07_12_trainval_for_training_and_07_test_for_testing(voc_root):

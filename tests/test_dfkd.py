@@ -278,7 +278,6 @@ def test_headline_data_free_student_recognises_real_digits(headline):
     assert result.teacher_test_accuracy > 90.0
     # Chance is 10%; the data-free student reaches about 80% here. 50% leaves room for numerical drift.
     assert result.test_accuracy > 50.0, result.history
-    assert headline["seconds"] < 120
 
 
 def test_the_student_never_receives_a_real_training_image(headline):

@@ -82,7 +82,6 @@ def test_stochastic_kd_learns_digits(headline):
     assert tau["std"] > 3.0  # spread over the range, not one value
     for epoch in kd.history:
         assert 2.0 <= epoch["tau_min"] <= epoch["tau_mean"] <= epoch["tau_max"] <= 20.0
-    assert headline["seconds"] < 120  # a budget, generous for a busy shared CPU
 
 
 def test_cached_runs_are_loaded_not_retrained(headline, monkeypatch):

@@ -48,7 +48,7 @@ def test_kd_configs_keep_the_profile_teacher():
     settings = load_settings(demo, "table7_teacher_student_pairs")
     config = demo.kd_config("digits", 0, "hkd", teacher_model="resnet18", student_model="shufflenetv2",
                             **settings.student_changes())
-    assert config.teacher.key == demo.teacher_config("digits", 0).key
+    assert config.teacher.key == demo.teacher_config("digits", 0, model="resnet18").key
     assert config.train.epochs == settings.epochs
 
 

@@ -25,7 +25,9 @@ CPU = torch.device("cpu")
 PLAIN = ExecutionPlan(CPU, autocast_dtype=None, channels_last=False, fused_optimizer=False, compile=False)
 # What the CUDA fast path changes in the numerics, forced on the CPU so a CPU-only test-suite exercises it.
 FAST = ExecutionPlan(CPU, autocast_dtype=torch.bfloat16, channels_last=True, fused_optimizer=False, compile=False)
-SETTINGS = TrainSettings(epochs=4, batch_size=64, lr=0.1, milestones=(), warmup_epochs=0,
+# Six epochs at lr 0.05 (torch 2.14.1, four seeds): teachers reached 91-96% and KD students 93-97%, so the
+# bounds below sit 10+ points away from the seed spread (4 epochs at lr 0.1 gave 72-94% on the same build).
+SETTINGS = TrainSettings(epochs=6, batch_size=64, lr=0.05, milestones=(), warmup_epochs=0,
                          augment=AugmentSettings(crop_padding=1, flip=False, rotation_deg=5.0))
 
 
@@ -60,15 +62,16 @@ def fit(student, teacher, data, plan, seed, epochs):
 
 def test_fast_path_accuracy_matches_plain_path_within_seed_noise(digits):
     torch.manual_seed(0)
-    teacher, teacher_acc = fit(create_model("wrn16_1", 10, 1), None, digits, PLAIN, seed=0, epochs=4)
+    teacher, teacher_acc = fit(create_model("wrn16_1", 10, 1), None, digits, PLAIN, seed=0, epochs=SETTINGS.epochs)
     assert teacher_acc > 80
     results = {}
     for name, plan in (("plain", PLAIN), ("fast", FAST)):
         torch.manual_seed(1)
-        _, results[name] = fit(create_model("wrn16_1", 10, 1), teacher, digits, plan, seed=1, epochs=4)
+        _, results[name] = fit(create_model("wrn16_1", 10, 1), teacher, digits, plan, seed=1, epochs=SETTINGS.epochs)
     assert results["plain"] > 80 and results["fast"] > 80, results
-    # Two seeds of the plain path differ by a few points at this scale; bf16 must stay within that.
-    assert abs(results["fast"] - results["plain"]) < 6.0, results
+    # Plain and bf16 differed by up to 3.3 points over three seeds at this scale; bf16 must stay within
+    # about twice that.
+    assert abs(results["fast"] - results["plain"]) < 7.0, results
 
 
 def test_train_epoch_never_reads_device_values_on_the_host(digits, monkeypatch):

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from .. import experiments as ex
-from .. import plotting
+from .. import knobs, plotting
 from ..config import TemperatureSpec
 from ..sweep import TunedResult
 from .config import DetectionRunConfig, DetectionTrainSettings
@@ -32,8 +32,8 @@ from .training import DetectionRunResult, train_detection_run, tuned_detection_s
 log = logging.getLogger(__name__)
 
 PROFILES = ("smoke", "demo", "paper")
-# Knobs a notebook may override (None leaves the profile's value).
-_OVERRIDES = ("seeds", "epochs", "teacher_epochs", "tau_grid", "losses", "teacher_seed", "num_workers")
+# Knobs a notebook may override (None leaves the profile's value); epochs and lr are the students'.
+_OVERRIDES = ("seeds", "epochs", "teacher_epochs", "lr", "tau_grid", "losses", "image_size", "teacher_seed", "num_workers")
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ def load_detection_profile(name: str, **overrides) -> DetectionProfile:
     unknown = sorted(set(overrides) - set(_OVERRIDES))
     if unknown:
         raise ValueError(f"unknown detection parameter(s) {', '.join(unknown)}; valid: {', '.join(_OVERRIDES)}")
+    overrides = knobs.coerce(overrides)
     text = resources.files("greenkd_utils").joinpath("configs", "detection.yaml").read_text()
     raw = dict(yaml.safe_load(text)[name])
     raw["teacher_train"], raw["student_train"] = dict(raw["teacher_train"]), dict(raw["student_train"])
@@ -117,6 +118,8 @@ def load_detection_profile(name: str, **overrides) -> DetectionProfile:
             raw["student_train"]["epochs"] = int(value)
         elif knob == "teacher_epochs":
             raw["teacher_train"]["epochs"] = int(value)
+        elif knob == "lr":
+            raw["student_train"]["lr"] = float(value)
         else:
             raw[knob] = value
     as_tuple = lambda v, cast: tuple(cast(x) for x in ([v] if isinstance(v, (int, float, str)) else v))  # noqa: E731
@@ -201,17 +204,23 @@ def setup(
     data_root=None,
     device: Optional[str] = None,
     pue: Optional[float] = None,
-    carbon_intensity: Optional[float] = None,
+    carbon_intensity_g_per_kwh: Optional[float] = None,
     progress: bool = True,
     **overrides,
 ) -> DetectionExperiment:
-    """The detection experiment of ``profile``; ``overrides``: seeds, epochs, teacher_epochs, tau_grid,
-    losses, teacher_seed, num_workers (None keeps the profile's value, unknown names raise)."""
-    detection = load_detection_profile(profile, **overrides)
-    base = ex.setup(
-        profile, results_dir=results_dir, data_root=data_root, device=device, progress=progress,
-        pue=pue, carbon_intensity_g_per_kwh=carbon_intensity,
-    )
+    """The detection experiment of ``profile``; ``overrides``: seeds, epochs, teacher_epochs, lr, tau_grid,
+    losses, image_size, teacher_seed, num_workers (None keeps the profile's value, unknown names raise).
+
+    Every value is parsed by :mod:`greenkd_utils.knobs` first (``seeds="[0, 1]"`` works, a bad value
+    fails here, naming the knob); the old name ``carbon_intensity`` still works, with a FutureWarning.
+    """
+    values = knobs.coerce({
+        "profile": profile, "results_dir": results_dir, "data_root": data_root, "device": device, "pue": pue,
+        "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh, **overrides,
+    })
+    shared = {k: values.pop(k) for k in ("profile", "results_dir", "data_root", "device", "pue", "carbon_intensity_g_per_kwh")}
+    detection = load_detection_profile(shared["profile"], **values)
+    base = ex.setup(progress=progress, **shared)
     return DetectionExperiment(base, detection)
 
 

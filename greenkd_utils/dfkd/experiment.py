@@ -12,6 +12,7 @@ architecture, so it is trained once and shared through the run store.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,10 +22,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .. import reference
+from .. import knobs, reference
 from ..carbon import EnergyReport
 from ..config import TemperatureSpec
 from ..experiments import Experiment, summarise
+from ..experiments import setup as experiment_setup
 from ..profiles import PROFILES
 from ..sweep import TunedResult
 from .config import METHODS, DFKDConfig, SynthesisSettings
@@ -63,28 +65,107 @@ class DFKDSettings:
         return SynthesisSettings(method=method, **self.methods[method])
 
 
-def load_dfkd_settings(profile: str) -> DFKDSettings:
+# Knobs of the Table 6 notebook that change these settings (None keeps the file's value).
+SETTINGS_KNOBS = (
+    "datasets", "seeds", "tau_grid", "methods", "epochs", "lr",
+    "student_steps", "synthesis_iterations", "synthesis_batch_size",
+)
+
+
+def load_dfkd_settings(profile: str, **overrides) -> DFKDSettings:
+    """The ``profile`` section of ``configs/dfkd.yaml`` with ``overrides`` (:data:`SETTINGS_KNOBS`).
+
+    ``epochs`` and ``lr`` are the student's, ``student_steps`` its steps per round;
+    ``synthesis_iterations`` and ``synthesis_batch_size`` apply to every synthesizer;
+    ``methods`` keeps only the listed synthesizers, in that order.
+    """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    unknown_knobs = sorted(set(overrides) - set(SETTINGS_KNOBS))
+    if unknown_knobs:
+        raise ValueError(f"unknown data-free KD setting(s) {', '.join(unknown_knobs)}; valid: {', '.join(SETTINGS_KNOBS)}")
+    overrides = {k: v for k, v in knobs.coerce(overrides).items() if v is not None}
     text = resources.files("greenkd_utils").joinpath("configs", "dfkd.yaml").read_text()
     raw = yaml.safe_load(text)[profile]
     unknown = sorted(set(raw["methods"]) - set(METHODS))
     if unknown:
         raise ValueError(f"configs/dfkd.yaml [{profile}] names unknown methods {unknown}; valid: {', '.join(METHODS)}")
+    train = dict(raw["train"])
+    methods = {name: dict(values) for name, values in raw["methods"].items()}
+    if "methods" in overrides:
+        missing = [m for m in overrides["methods"] if m not in methods]
+        if missing:
+            raise ValueError(f"configs/dfkd.yaml [{profile}] has no settings for {', '.join(missing)}; "
+                             f"configured: {', '.join(methods)}")
+        methods = {m: methods[m] for m in overrides["methods"]}
+    for knob, key in (("epochs", "epochs"), ("lr", "lr")):
+        if knob in overrides:
+            train[key] = overrides[knob]
+    for knob, key in (("synthesis_iterations", "iterations"), ("synthesis_batch_size", "batch_size")):
+        if knob in overrides:
+            methods = {m: {**values, key: overrides[knob]} for m, values in methods.items()}
+    seeds = overrides.get("seeds", raw.get("seeds"))
+    tau_grid = overrides.get("tau_grid", raw.get("tau_grid"))
     return DFKDSettings(
         profile=profile,
-        datasets=tuple(raw["datasets"]),
-        seeds=None if raw.get("seeds") is None else tuple(int(s) for s in raw["seeds"]),
-        tau_grid=None if raw.get("tau_grid") is None else tuple(float(t) for t in raw["tau_grid"]),
+        datasets=tuple(overrides.get("datasets", raw["datasets"])),
+        seeds=None if seeds is None else tuple(int(s) for s in seeds),
+        tau_grid=None if tau_grid is None else tuple(float(t) for t in tau_grid),
         teacher_model=raw["teacher_model"],
         student_model=raw["student_model"],
         loss=raw["loss"],
         alpha=float(raw["alpha"]),
         kl_reduction=raw["kl_reduction"],
-        kd_steps=int(raw["kd_steps"]),
-        train=dict(raw["train"]),
-        methods={name: dict(values) for name, values in raw["methods"].items()},
+        kd_steps=int(overrides.get("student_steps", raw["kd_steps"])),
+        train=train,
+        methods=methods,
     )
+
+
+@dataclass
+class DFKDExperiment(Experiment):
+    """An experiment that carries the Table 6 settings its notebook chose (:func:`setup`)."""
+
+    dfkd_settings: Optional[DFKDSettings] = None
+
+
+def settings_of(exp: Experiment) -> DFKDSettings:
+    """The settings ``exp`` was set up with, else ``configs/dfkd.yaml``'s for its profile."""
+    return getattr(exp, "dfkd_settings", None) or load_dfkd_settings(exp.profile.name)
+
+
+def setup(
+    profile: str = "demo",
+    results_dir=None,
+    data_root=None,
+    device: Optional[str] = None,
+    progress: bool = True,
+    teacher_epochs: Optional[int] = None,
+    pue: Optional[float] = None,
+    carbon_intensity_g_per_kwh: Optional[float] = None,
+    train_subset: Optional[int] = None,
+    test_subset: Optional[int] = None,
+    **settings_overrides,
+) -> Tuple[DFKDExperiment, DFKDSettings]:
+    """The Table 6 experiment of ``profile`` and its settings; None keeps the profile's (or the file's) value.
+
+    ``teacher_epochs``, ``train_subset`` and ``test_subset`` change the profile (the teachers and the real
+    validation and test splits); ``settings_overrides`` are :data:`SETTINGS_KNOBS`. Every value is parsed
+    by :mod:`greenkd_utils.knobs` before anything is built.
+    """
+    values = knobs.coerce({
+        "profile": profile, "results_dir": results_dir, "data_root": data_root, "device": device,
+        "teacher_epochs": teacher_epochs, "pue": pue, "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh,
+        "train_subset": train_subset, "test_subset": test_subset, **settings_overrides,
+    })
+    profile_knobs = {k: values.pop(k) for k in (
+        "profile", "results_dir", "data_root", "device", "teacher_epochs", "pue", "carbon_intensity_g_per_kwh",
+        "train_subset", "test_subset",
+    )}
+    settings = load_dfkd_settings(profile_knobs["profile"], **values)
+    base = experiment_setup(progress=progress, **profile_knobs)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    return DFKDExperiment(**fields, dfkd_settings=settings), settings
 
 
 def dfkd_config(
@@ -97,7 +178,7 @@ def dfkd_config(
     epochs: Optional[int] = None,
 ) -> DFKDConfig:
     """The run config of one cell of Table 6 under ``exp``'s profile."""
-    settings = settings or load_dfkd_settings(exp.profile.name)
+    settings = settings or settings_of(exp)
     profile = exp.profile
     train_changes = dict(settings.train)
     if epochs is not None:
@@ -182,8 +263,9 @@ def table6(
     epochs: Optional[int] = None,
 ) -> Table6:
     """Every cell of Table 6 for ``exp``'s profile; None = the settings of ``configs/dfkd.yaml``
-    (seeds and tau grid fall back to the profile's when the file leaves them null)."""
-    settings = load_dfkd_settings(exp.profile.name)
+    (seeds and tau grid fall back to the profile's when the file leaves them null); an experiment from
+    :func:`setup` brings the settings its notebook chose."""
+    settings = settings_of(exp)
     methods = list(methods or settings.methods)
     datasets = list(datasets or settings.datasets)
     seeds = list(seeds or settings.seeds or exp.profile.seeds)

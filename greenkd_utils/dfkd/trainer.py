@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ..augment import BatchAugment, standardize
 from ..carbon import ComponentEnergy, EnergyMeter, EnergyReport
