@@ -25,6 +25,7 @@ from .engine import RunResult, train_run
 from .profiles import Profile, load_profile
 from .store import RunStore, atomic_write_bytes, atomic_write_json
 from .sweep import TunedResult, tuned_sweep
+from .losses import check_logit_standardization
 from .verdict import DEFAULT_MARGIN_PCT, PairedVerdict, check_margin, paired_verdict
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,15 @@ def table1(exp: Experiment, loss: str = "hkd") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def check_losses(exp: Experiment, losses: Iterable[str]) -> None:
+    """Refuse, before anything trains, a loss the profile's options do not apply to."""
+    for loss in losses:
+        check_logit_standardization(loss, exp.profile.logit_standardization)
+
+
 def table4(exp: Experiment, losses: Optional[Iterable[str]] = None) -> pd.DataFrame:
     """Table 4: HKD, CMC and DML, each tuned (grid) vs stochastic, per dataset."""
+    check_losses(exp, losses or exp.profile.losses)
     rows = []
     for dataset in exp.profile.datasets:
         for loss in losses or exp.profile.losses:
@@ -218,6 +226,7 @@ def verdict_table(
     interval and the verdict against ``margin_pct`` (see :mod:`greenkd_utils.verdict`), with the energy
     ratio of the two (tuned sweep over one stochastic run, mean over seeds)."""
     check_margin(margin_pct)
+    check_losses(exp, losses or exp.profile.losses)
     rows = []
     for dataset in exp.profile.datasets:
         for loss in losses or exp.profile.losses:

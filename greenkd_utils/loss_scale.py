@@ -46,6 +46,8 @@ def loss_and_gradient_by_tau(
     data = prepare_data(config, device, exp.data_root)
     batch_size = config.train.batch_size
     images, labels = data.train
+    batch_size = min(batch_size, labels.numel())
+    n_batches = max(1, min(n_batches, labels.numel() // batch_size))
     generator = torch.Generator(device="cpu").manual_seed(seed)
     order = torch.randperm(labels.numel(), generator=generator)[: n_batches * batch_size].to(device)
     x = standardize(images[order].float() / 255.0, data.mean, data.std)

@@ -204,6 +204,6 @@ def _from_raw(raw: Dict[str, Any]) -> Profile:
         teacher_train=dict(raw["teacher_train"]),
         student_train=dict(raw["student_train"]),
         extras=dict(raw.get("extras") or {}),
-        temperature_mode=str(raw.get("temperature_mode", "stochastic")),
-        logit_standardization=bool(raw.get("logit_standardization", False)),
+        temperature_mode=knobs.parse("temperature_mode", raw.get("temperature_mode", "stochastic")),
+        logit_standardization=knobs.parse("logit_standardization", raw.get("logit_standardization", False)),
     )

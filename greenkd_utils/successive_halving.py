@@ -247,7 +247,8 @@ def successive_halving_sweep(
             for row in run.history[record.stopped_at_epoch:]:
                 trial.report(float(row["val_accuracy"]), step=int(row["epoch"]))
                 record.val_accuracy_per_epoch.append(float(row["val_accuracy"]))
-                if trial.should_prune():
+                # A finished full-length run has nothing left to save: pruning it would only drop its result.
+                if int(row["epoch"]) < base.train.epochs and trial.should_prune():
                     record.pruned = True
                     raise optuna.TrialPruned()
             previous = config

@@ -11,7 +11,9 @@ equivalence margin (default 1 accuracy point):
 ``better``        otherwise, the whole interval lies above 0
 ``inconclusive``  otherwise (the interval straddles 0 and reaches past the margin)
 
-With fewer than two seeds there is no interval, and the verdict is ``inconclusive``.
+With fewer than two seeds there is no interval, and the verdict is ``inconclusive``. When every seed gives
+the same difference the t interval has zero width and the verdict follows from that one value: with few
+seeds, read such a verdict with care (it happens when both arms reach identical accuracies, e.g. a tiny test set).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from notebook_runner import execute, smoke_dirs
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    return smoke_dirs(tmp_path_factory.mktemp("issue4a"))
+    return smoke_dirs(tmp_path_factory.mktemp("table5_figures"))
 
 
 @pytest.fixture(scope="module", autouse=True)
