@@ -21,18 +21,16 @@ successive-halving trial counts as one run, however early it stopped; its energy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
 from . import plotting
 from .config import RunConfig, TemperatureSpec
 from .engine import RunResult
-from .profiles import PROFILES
+from .profiles import PROFILES, read_config
 from .successive_halving import HalvingResult, HalvingSettings, successive_halving_sweep
 from .sweep import TunedResult
 
@@ -106,8 +104,7 @@ _SETTING_NAMES = ("dataset", "seeds", "ls_base_tau", "halving_min_epochs", "halv
 def _read_yaml(profile: str) -> Dict[str, Any]:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
-    text = resources.files("greenkd_utils").joinpath("configs", "beyond.yaml").read_text()
-    raw = dict((yaml.safe_load(text) or {}).get(profile) or {})
+    raw = dict(read_config("beyond").get(profile) or {})
     unknown = sorted(set(raw) - set(_SETTING_NAMES))
     if unknown:
         raise ValueError(f"configs/beyond.yaml [{profile}] has unknown setting(s) {', '.join(unknown)}; "

@@ -14,7 +14,7 @@ import numbers
 from typing import Any, Optional
 
 
-def _is_bool(value: Any) -> bool:
+def is_bool(value: Any) -> bool:
     # numpy's bool_ is not a bool subclass, but is just as much a mistake where a number belongs.
     return isinstance(value, bool) or type(value).__name__ == "bool_"
 
@@ -22,7 +22,7 @@ def _is_bool(value: Any) -> bool:
 def whole_number(name: str, value: Any, minimum: Optional[int] = None) -> int:
     """``value`` as an int, if it is a whole number (int or numpy integer, not a bool) of at least ``minimum``."""
     accepts = "a whole number" + (f" >= {minimum}" if minimum is not None else "")
-    if _is_bool(value) or not isinstance(value, numbers.Integral):
+    if is_bool(value) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be {accepts}; got {value!r} ({type(value).__name__})")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be {accepts}; got {value!r}")
@@ -44,7 +44,7 @@ def real_number(
     bounds = [f">= {at_least:g}" if at_least is not None else "", f"> {above:g}" if above is not None else "",
               f"<= {at_most:g}" if at_most is not None else ""]
     rule = " and ".join([b for b in bounds if b] + ["finite"])
-    if _is_bool(value) or not isinstance(value, numbers.Real):
+    if is_bool(value) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number {rule}; got {value!r} ({type(value).__name__})")
     number = float(value)
     if not math.isfinite(number) or (at_least is not None and number < at_least) or (

@@ -19,14 +19,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
-import yaml
 
 from . import knobs, reference
-from .profiles import PROFILES, Profile, overridable_knobs
+from .profiles import PROFILES, Profile, overridable_knobs, read_config
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +74,13 @@ class NotebookSettings:
         )
 
 
-def _read_yaml() -> Dict[str, Any]:
-    text = resources.files("greenkd_utils").joinpath("configs", "extra_tables.yaml").read_text()
-    return yaml.safe_load(text)
-
 
 def _raw_settings(profile_name: str, notebook: str) -> Dict[str, Any]:
     if notebook not in NOTEBOOKS:
         raise ValueError(f"unknown notebook {notebook!r}; valid: {', '.join(NOTEBOOKS)}")
     if profile_name not in PROFILES:
         raise ValueError(f"unknown profile {profile_name!r}; valid: {', '.join(PROFILES)}")
-    return dict((_read_yaml().get(profile_name) or {}).get(notebook) or {})
+    return dict((read_config("extra_tables").get(profile_name) or {}).get(notebook) or {})
 
 
 def profile_overrides(profile_name: str, notebook: str) -> Dict[str, Any]:

@@ -31,6 +31,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import yaml
 
+from .checks import is_bool
+
 __all__ = [
     "KNOBS",
     "ALIASES",
@@ -95,15 +97,15 @@ def _scalar_text(text: str) -> Any:
     return text
 
 
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool) or type(value).__name__ == "bool_"
+def _number_from(value: Any) -> Any:
+    """The value papermill or a caller gave, read as a number where it is text; a boolean is refused."""
+    if is_bool(value):
+        raise _Refused("a boolean is not a number")
+    return _scalar_text(value) if isinstance(value, str) else value
 
 
 def _integer(value: Any) -> int:
-    if _is_bool(value):
-        raise _Refused("a boolean is not a number")
-    if isinstance(value, str):
-        value = _scalar_text(value)
+    value = _number_from(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
@@ -112,10 +114,7 @@ def _integer(value: Any) -> int:
 
 
 def _real(value: Any) -> float:
-    if _is_bool(value):
-        raise _Refused("a boolean is not a number")
-    if isinstance(value, str):
-        value = _scalar_text(value)
+    value = _number_from(value)
     if isinstance(value, numbers.Real):
         return float(value)
     raise _Refused("it is not a number")
@@ -255,7 +254,7 @@ def _temperature_modes() -> Sequence[str]:
 
 
 def _boolean(value: Any) -> bool:
-    if _is_bool(value):
+    if is_bool(value):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
         return value.strip().lower() in ("true", "yes")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import yaml
 
@@ -137,9 +137,10 @@ class Profile:
         return dataclasses.asdict(self)
 
 
-def _read_yaml(name: str) -> Dict[str, Any]:
+def read_config(name: str) -> Dict[str, Any]:
+    """The packaged ``greenkd_utils/configs/<name>.yaml`` (a profile, or a notebook family's settings)."""
     text = resources.files("greenkd_utils").joinpath("configs", f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    return yaml.safe_load(text) or {}
 
 
 def overridable_knobs() -> Tuple[str, ...]:
@@ -158,7 +159,7 @@ def load_profile(name: str, **overrides) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
     overrides = knobs.coerce(overrides)
-    raw = _read_yaml(name)
+    raw = read_config(name)
     valid = overridable_knobs()
     unknown = sorted(set(overrides) - set(valid))
     if unknown:

@@ -35,7 +35,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from .config import RunConfig, TemperatureSpec
 from .engine import RunResult, train_run
 from .store import CHECKPOINT_FILE, RunStore, atomic_write_bytes
-from .sweep import TunedResult, choose_on_validation
+from .sweep import TunedResult, check_tau_search, choose_on_validation
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +215,7 @@ def successive_halving_sweep(
     Every trial's full-length config is ``base`` with a fixed tau: the run :func:`~greenkd_utils.sweep.tuned_sweep`
     trains for that tau. ``train`` is the function that trains or loads one run (``engine.train_run``).
     """
-    if base.role != "kd":
-        raise ValueError("a tau search needs a KD config (role='kd')")
-    if base.val_fraction <= 0:
-        raise ValueError("a tau search needs val_fraction > 0: tau is chosen on validation, never on test")
+    check_tau_search(base)
     taus = [float(t) for t in taus]
     if not taus:
         raise ValueError("the tau grid is empty")

@@ -79,6 +79,15 @@ def choose_on_validation(runs: Sequence[RunResult]) -> RunResult:
     return max(runs, key=lambda r: r.val_accuracy)  # max() keeps the first of equal keys
 
 
+def check_tau_search(base: RunConfig) -> None:
+    """What every search over fixed taus needs of its base config: a KD run, and a validation split to
+    choose on (the test set never chooses)."""
+    if base.role != "kd":
+        raise ValueError("a tau search needs a KD config (role='kd')")
+    if base.val_fraction <= 0:
+        raise ValueError("a tau search needs val_fraction > 0: tau is chosen on validation, never on test")
+
+
 def tuned_sweep(
     base: RunConfig,
     taus: Iterable[float],
@@ -88,10 +97,7 @@ def tuned_sweep(
     progress: bool = True,
 ) -> TunedResult:
     """Run ``base`` once per fixed tau in ``taus`` (cached runs are loaded) and pick the winner."""
-    if base.role != "kd":
-        raise ValueError("a tau sweep needs a KD config (role='kd')")
-    if base.val_fraction <= 0:
-        raise ValueError("a tau sweep needs val_fraction > 0: tau is chosen on validation, never on test")
+    check_tau_search(base)
     taus = [float(t) for t in taus]
     runs = [
         train_run(base.replace(temperature=TemperatureSpec.fixed(tau)), store, device, data_root, progress)

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
-import yaml
 
 from .. import experiments as ex
 from .. import knobs, plotting
 from ..config import TemperatureSpec
+from ..profiles import read_config
 from ..sweep import TunedResult
 from .config import DetectionRunConfig, DetectionTrainSettings
 from .models import AnchorSettings
@@ -108,8 +107,7 @@ def load_detection_profile(name: str, **overrides) -> DetectionProfile:
     if unknown:
         raise ValueError(f"unknown detection parameter(s) {', '.join(unknown)}; valid: {', '.join(_OVERRIDES)}")
     overrides = knobs.coerce(overrides)
-    text = resources.files("greenkd_utils").joinpath("configs", "detection.yaml").read_text()
-    raw = dict(yaml.safe_load(text)[name])
+    raw = dict(read_config("detection")[name])
     raw["teacher_train"], raw["student_train"] = dict(raw["teacher_train"]), dict(raw["student_train"])
     for knob, value in overrides.items():
         if value is None:

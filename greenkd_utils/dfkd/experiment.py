@@ -15,19 +15,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .. import knobs, reference
 from ..carbon import EnergyReport
 from ..config import TemperatureSpec
 from ..experiments import Experiment, summarise
 from ..experiments import setup as experiment_setup
-from ..profiles import PROFILES
+from ..profiles import PROFILES, read_config
 from ..sweep import TunedResult
 from .config import METHODS, DFKDConfig, SynthesisSettings
 from .trainer import DFKDResult, train_dfkd, tuned_dfkd
@@ -85,8 +83,7 @@ def load_dfkd_settings(profile: str, **overrides) -> DFKDSettings:
     if unknown_knobs:
         raise ValueError(f"unknown data-free KD setting(s) {', '.join(unknown_knobs)}; valid: {', '.join(SETTINGS_KNOBS)}")
     overrides = {k: v for k, v in knobs.coerce(overrides).items() if v is not None}
-    text = resources.files("greenkd_utils").joinpath("configs", "dfkd.yaml").read_text()
-    raw = yaml.safe_load(text)[profile]
+    raw = read_config("dfkd")[profile]
     unknown = sorted(set(raw["methods"]) - set(METHODS))
     if unknown:
         raise ValueError(f"configs/dfkd.yaml [{profile}] names unknown methods {unknown}; valid: {', '.join(METHODS)}")
