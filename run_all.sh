@@ -60,7 +60,7 @@ for nb in "${notebooks[@]}"; do
   start=$(date +%s)
   if ! (cd "$REPO/notebooks" && papermill "$nb" "$out/$name.ipynb" -k greenkd --log-output --progress-bar "${params[@]}"); then
     printf '%s\t%s\tfailed\n' "$name" "$(( $(date +%s) - start ))" >> "$timings"
-    python -m greenkd_utils.manifest --profile "$profile" --output-dir "$out" --timings "$timings" || true
+    python -m greenkd_utils.paper.manifest --profile "$profile" --output-dir "$out" --timings "$timings" || true
     echo "run_all.sh: notebook $name FAILED (executed copy with the error: $out/$name.ipynb)" >&2
     exit 1
   fi
@@ -68,5 +68,5 @@ for nb in "${notebooks[@]}"; do
   printf '%s\t%s\tok\n' "$name" "$seconds" >> "$timings"
   echo "=== $name done in ${seconds}s ==="
 done
-python -m greenkd_utils.manifest --profile "$profile" --output-dir "$out" --timings "$timings"
+python -m greenkd_utils.paper.manifest --profile "$profile" --output-dir "$out" --timings "$timings"
 echo "all ${#notebooks[@]} notebooks done in $(( $(date +%s) - total_start ))s; outputs in $out"

@@ -190,8 +190,8 @@ def step_paper_run(out_dir: Path, n_train: int, n_test: int, epochs: int, teache
                    device_name: str = "cuda") -> int:
     import torch
 
-    from greenkd_utils.engine import ExecutionPlan
-    from greenkd_utils.experiments import setup
+    from greenkd_utils.runs.tasks.classification import ExecutionPlan
+    from greenkd_utils.paper.experiments import setup
 
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -216,7 +216,7 @@ def step_paper_run(out_dir: Path, n_train: int, n_test: int, epochs: int, teache
         figures = {
             "profile": "paper",
             "dataset": "synthetic CIFAR-10 (3x32x32, 10 classes, one colour pattern per class plus noise), "
-                       "written in the CIFAR-10 pickle format and read by greenkd_utils.data",
+                       "written in the CIFAR-10 pickle format and read by greenkd_utils.core.data",
             "overrides": {"epochs": epochs, "teacher_epochs": teacher_epochs, "seeds": [seed]},
             "n_train_written": n_train,
             "n_test_written": n_test,

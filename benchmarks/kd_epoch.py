@@ -38,13 +38,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from greenkd_utils.augment import BatchAugment
-from greenkd_utils.carbon import EnergyMeter, EnergyReport
-from greenkd_utils.config import AugmentSettings, TrainSettings
-from greenkd_utils.engine import ExecutionPlan, make_optimizer, train_epoch
-from greenkd_utils.losses import kd_loss
-from greenkd_utils.models import create_model
-from greenkd_utils.temperature import make_temperature
+from greenkd_utils.core.augment import BatchAugment
+from greenkd_utils.energy.meter import EnergyMeter, EnergyReport
+from greenkd_utils.core.config import AugmentSettings, TrainSettings
+from greenkd_utils.runs.tasks.classification import ExecutionPlan, make_optimizer, train_epoch
+from greenkd_utils.core.losses import kd_loss
+from greenkd_utils.core.models import create_model
+from greenkd_utils.core.temperature import make_temperature
 
 SHAPES = {"cifar": (50_000, 32, 10), "tinyimagenet": (100_000, 64, 200)}
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

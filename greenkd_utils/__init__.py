@@ -1,16 +1,22 @@
 """greenkd: reproduce and measure stochastic-temperature knowledge distillation (Rafat et al. 2023).
 
-Where things live:
+The package follows the data flow:
 
-- ``temperature``  where tau is drawn (``StochasticTemperature``: a new tau ~ U[2, 20] per batch)
-- ``losses``       the KD losses (HKD, CMC, DML) and their registry
-- ``engine``       the training loop (``train_run``)
-- ``carbon``       where energy is measured (``EnergyMeter``) and turned into CO2eq
-- ``flops``        training FLOPs counted from real forward and backward passes
-- ``store``        where a run is cached (``RunStore``: one folder per config hash)
-- ``sweep``        the tuned baseline: one fixed-tau run per grid value, chosen on validation
-- ``profiles``     smoke / demo / paper settings (YAML files in ``configs/``)
-- ``experiments``  the paper's tables and figures as functions the notebooks call
+- ``core``      the method's pieces: where tau is drawn (``core.temperature.StochasticTemperature``), the KD
+                losses and their registry, models, datasets, run configs; data-free KD and detection pieces
+- ``runs``      the life of every run (``runs.lifecycle.train``: caching, resume, metering, checkpoints,
+                provenance), where a run is cached (``runs.store.RunStore``), the kinds of run
+                (``runs.tasks``) and the tuned-tau searches (``runs.sweep``, ``runs.successive_halving``)
+- ``energy``    what a run's energy covers and how it is read: ``energy.meter.EnergyMeter``, phases of the
+                metered region (``energy.phases``), reports and CO2 (``energy.report``), FLOPs (``energy.flops``)
+- ``settings``  smoke / demo / paper profiles (YAML files in ``configs/``) and the notebooks' knobs
+- ``paper``     one module per notebook (``paper.table1_carbon_footprint`` ...), and the shared set-up
+                (``paper.experiments``)
+- ``analysis``  predictions, metrics, Grad-CAM, inference cost, loss scale, the paired verdict
 """
 
 __version__ = "0.1.0"
+
+from greenkd_utils import legacy as _legacy  # noqa: E402
+
+_legacy.install()

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from greenkd_utils import experiments as ex
+from greenkd_utils.paper import experiments as ex
 
 # Each candidate changes the demo profile: the models, the training-set size and the schedules.
 CANDIDATES = {

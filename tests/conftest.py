@@ -15,8 +15,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from greenkd_utils.profiles import load_profile  # noqa: E402
-from greenkd_utils.store import RunStore  # noqa: E402
+from greenkd_utils.runs.store import RunStore  # noqa: E402
+from greenkd_utils.settings.profiles import load_profile  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.carbon.
+"""Tests for greenkd_utils.energy.meter.
 
 No GPU, RAPL or network is needed: RAPL is faked as a folder of energy_uj
 files, NVML and carbontracker through the module's small adapter factories.
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from greenkd_utils import carbon
-from greenkd_utils.carbon import (
+from greenkd_utils.energy import meter as carbon
+from greenkd_utils.energy.meter import (
     DEFAULT_CARBON_INTENSITY,
     DEFAULT_PUE,
     ComponentEnergy,
@@ -235,7 +235,7 @@ def test_unreadable_rapl_falls_back_with_one_warning(tmp_path, caplog):
     d = _rapl_domain(root, "intel-rapl:0", "package-0", 0)
     (d / "energy_uj").unlink()
     (d / "energy_uj").mkdir()  # opening a folder fails even for root
-    with caplog.at_level(logging.WARNING, logger="greenkd_utils.carbon"):
+    with caplog.at_level(logging.WARNING, logger="greenkd_utils.energy.meter"):
         for _ in range(2):
             with EnergyMeter(sample_interval_s=FAST, powercap_root=str(root)) as meter:
                 pass
@@ -479,7 +479,7 @@ def test_carbontracker_component_imports_stay_offline():
         "socket.socket.connect = no_net\n"
         "socket.create_connection = no_net\n"
         "import carbontracker.components.cpu.intel, carbontracker.components.gpu.nvidia\n"
-        "import greenkd_utils.carbon\n"
+        "import greenkd_utils.energy.meter\n"
         "bad = [m for m in sys.modules if m.startswith(('carbontracker.tracker', "
         "'carbontracker.emissions', 'carbontracker.constants', 'geocoder', 'requests'))]\n"
         "assert not bad, bad\n"

@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.config (run configs and their keys) and greenkd_utils.profiles."""
+"""Tests for greenkd_utils.core.config (run configs and their keys) and greenkd_utils.settings.profiles."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import json
 
 import pytest
 
-from greenkd_utils.config import AugmentSettings, RunConfig, TemperatureSpec, TrainSettings
-from greenkd_utils.profiles import PROFILES, load_profile, overridable_knobs
+from greenkd_utils.core.config import (
+    AugmentSettings,
+    RunConfig,
+    TemperatureSpec,
+    TrainSettings,
+)
+from greenkd_utils.settings.profiles import PROFILES, load_profile, overridable_knobs
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.curves: per-epoch cost curves from a run's history."""
+"""Tests for greenkd_utils.paper.figure1_carbon_curves: per-epoch cost curves from a run's history."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from greenkd_utils import curves
+from greenkd_utils.paper import figure1_carbon_curves as curves
 
 
 def fake_run(name, energies, tau=None, seed=0):

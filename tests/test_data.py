@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.data.
+"""Tests for greenkd_utils.core.data.
 
 The paper data sets are faked by writing tiny files in their real on-disk
 formats (CIFAR's Python-2 style pickles with bytes keys, Tiny ImageNet's
@@ -13,10 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dataset_writers import TINY_WNIDS, write_cifar10, write_cifar100, write_tinyimagenet
+from dataset_writers import (
+    TINY_WNIDS,
+    write_cifar10,
+    write_cifar100,
+    write_tinyimagenet,
+)
 
-from greenkd_utils import data
-from greenkd_utils.data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset
+from greenkd_utils.core import data
+from greenkd_utils.core.data import (
+    DATASETS,
+    DatasetNotFoundError,
+    ImageDataset,
+    load_dataset,
+)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

@@ -6,9 +6,18 @@ import pytest
 import torch
 from dataset_writers import write_voc
 
-from greenkd_utils.data import DatasetNotFoundError
-from greenkd_utils.detection.data import VOC_CLASSES, load_detection_data, load_voc, parse_voc_annotation
-from greenkd_utils.detection.shapes import SHAPE_CLASSES, ShapesSettings, make_shapes
+from greenkd_utils.core.data import DatasetNotFoundError
+from greenkd_utils.core.detection.data import (
+    VOC_CLASSES,
+    load_detection_data,
+    load_voc,
+    parse_voc_annotation,
+)
+from greenkd_utils.core.detection.shapes import (
+    SHAPE_CLASSES,
+    ShapesSettings,
+    make_shapes,
+)
 
 
 @pytest.fixture(scope="module")

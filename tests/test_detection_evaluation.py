@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from greenkd_utils.detection.evaluation import RECALL_LEVELS, evaluate_detections, voc07_average_precision
+from greenkd_utils.core.detection.evaluation import (
+    RECALL_LEVELS,
+    evaluate_detections,
+    voc07_average_precision,
+)
 
 CLASSES = ["square", "circle", "triangle"]
 

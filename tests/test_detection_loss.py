@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from greenkd_utils.detection.loss import anchor_distillation, match_anchors, ssd_loss
-from greenkd_utils.detection.models import AnchorSettings, create_detector
-from greenkd_utils.losses import KD_LOSSES
+from greenkd_utils.core.detection.loss import (
+    anchor_distillation,
+    match_anchors,
+    ssd_loss,
+)
+from greenkd_utils.core.detection.models import AnchorSettings, create_detector
+from greenkd_utils.core.losses import KD_LOSSES
 
 SIZE = 48
 INSIDE = 56  # the first default box of cell (2, 2) of the 6x6 map: centred at (20, 20), 9.6 pixels wide

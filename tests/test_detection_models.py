@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from greenkd_utils.detection.models import DETECTORS, AnchorSettings, count_parameters, create_detector
+from greenkd_utils.core.detection.models import (
+    DETECTORS,
+    AnchorSettings,
+    count_parameters,
+    create_detector,
+)
 
 
 def _pair(maps: int, num_classes: int = 3):

@@ -9,20 +9,23 @@ import math
 import pytest
 import torch
 
-from greenkd_utils.config import TemperatureSpec
-from greenkd_utils.detection import training
-from greenkd_utils.detection.config import DetectionRunConfig, DetectionTrainSettings
-from greenkd_utils.detection.evaluation import evaluate_model
-from greenkd_utils.detection.experiment import load_detection_profile
-from greenkd_utils.detection.models import AnchorSettings
-from greenkd_utils.detection.shapes import ShapesSettings
-from greenkd_utils.detection.training import (
+from greenkd_utils.core.config import TemperatureSpec
+from greenkd_utils.core.detection.config import (
+    DetectionRunConfig,
+    DetectionTrainSettings,
+)
+from greenkd_utils.core.detection.evaluation import evaluate_model
+from greenkd_utils.core.detection.models import AnchorSettings
+from greenkd_utils.core.detection.shapes import ShapesSettings
+from greenkd_utils.paper.table4_detection import load_detection_profile
+from greenkd_utils.runs.store import CHECKPOINT_FILE
+from greenkd_utils.runs.sweep import tuned_sweep
+from greenkd_utils.runs.tasks import detection as training
+from greenkd_utils.runs.tasks.detection import (
     build_model,
     prepare_detection_data,
     train_detection_run,
-    tuned_detection_sweep,
 )
-from greenkd_utils.store import CHECKPOINT_FILE
 
 TINY_SHAPES = ShapesSettings(num_train=40, num_test=12, max_objects=2, min_size=0.3, max_size=0.65)
 TINY_ANCHORS = AnchorSettings(num_feature_maps=3)
@@ -121,7 +124,7 @@ def test_a_kd_run_records_its_flops_energy_and_taus_and_is_cached(store):
     # Without augmentation the teacher ran once per training image; the student twice over 3 batches of 10.
     assert flops["teacher_forwards"] == n_train
     assert flops["samples_seen"] == 2 * 30
-    per = flops["per_image"]
+    per = flops["per_sample"]
     assert per["teacher_forward"] > per["student_forward"] > 0
     assert flops["training_flops"] == pytest.approx(
         (per["student_forward"] + per["student_backward"]) * 60 + per["teacher_forward"] * n_train
@@ -144,26 +147,25 @@ def test_augmented_runs_run_the_teacher_on_every_batch(store, augment):
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(store, monkeypatch):
-    monkeypatch.setattr(training, "CHECKPOINT_INTERVAL_S", 0.0)
     config = _tiny("student", epochs=2)
     reference = train_detection_run(config, store, "cpu", progress=False)
     weights = store.load_state_dict(config)
 
     resumed_config = config.replace(profile="test-resume")  # a new key, same numbers
-    original_epoch = training._Run._epoch
+    original_epoch = training.DetectionTask.run_phase
     calls = {"n": 0}
 
-    def epoch_then_crash(self, epoch, bar):
+    def epoch_then_crash(self, phase, epoch, taus, on_step):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return original_epoch(self, epoch, bar)
+        return original_epoch(self, phase, epoch, taus, on_step)
 
-    monkeypatch.setattr(training._Run, "_epoch", epoch_then_crash)
+    monkeypatch.setattr(training.DetectionTask, "run_phase", epoch_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train_detection_run(resumed_config, store, "cpu", progress=False)
     assert (store.run_dir(resumed_config) / CHECKPOINT_FILE).is_file()
-    monkeypatch.setattr(training._Run, "_epoch", original_epoch)
+    monkeypatch.setattr(training.DetectionTask, "run_phase", original_epoch)
     resumed = train_detection_run(resumed_config, store, "cpu", progress=False)
     for name, value in store.load_state_dict(resumed_config).items():
         assert torch.allclose(value.float(), weights[name].float(), atol=1e-6), name
@@ -172,13 +174,13 @@ def test_an_interrupted_run_resumes_to_the_same_weights(store, monkeypatch):
 
 
 def test_the_tuned_sweep_sums_the_grid_and_chooses_on_validation(store):
-    sweep = tuned_detection_sweep(_tiny("kd"), [2, 8], store, "cpu", progress=False)
+    sweep = tuned_sweep(_tiny("kd"), [2, 8], store, "cpu", progress=False)
     assert sweep.taus == [2.0, 8.0]
     assert sweep.chosen.val_map_pct == max(r.val_map_pct for r in sweep.runs)
     assert sweep.training_flops == pytest.approx(sum(r.training_flops for r in sweep.runs))
     assert sweep.energy.energy_kwh == pytest.approx(sum(r.energy.energy_kwh for r in sweep.runs))
     with pytest.raises(ValueError, match="validation"):
-        tuned_detection_sweep(_tiny("kd", val_fraction=0.0), [2], store, "cpu", progress=False)
+        tuned_sweep(_tiny("kd", val_fraction=0.0), [2], store, "cpu", progress=False)
 
 
 # -- the headline: KD on shapes learns to detect ------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.engine (training, resuming, the result record) and greenkd_utils.augment.
+"""Tests for greenkd_utils.runs.tasks.classification (training, resuming, the result record) and greenkd_utils.core.augment.
 
 The headline test trains a teacher, a student and a stochastic-tau HKD student
 on the whole of scikit-learn's digits on the CPU in a few seconds.
@@ -14,13 +14,19 @@ import time
 import pytest
 import torch
 
-from greenkd_utils import engine
-from greenkd_utils.augment import BatchAugment
-from greenkd_utils.carbon import SOURCES
-from greenkd_utils.config import AugmentSettings, RunConfig, TemperatureSpec, TrainSettings
-from greenkd_utils.profiles import load_profile
-from greenkd_utils.store import CHECKPOINT_FILE, RunStore
-from greenkd_utils.engine import RunResult, train_run
+from greenkd_utils.core.augment import BatchAugment
+from greenkd_utils.core.config import (
+    AugmentSettings,
+    RunConfig,
+    TemperatureSpec,
+    TrainSettings,
+)
+from greenkd_utils.energy.meter import SOURCES
+from greenkd_utils.runs import lifecycle
+from greenkd_utils.runs.store import CHECKPOINT_FILE, RunStore
+from greenkd_utils.runs.tasks import classification as engine
+from greenkd_utils.runs.tasks.classification import RunResult, train_run
+from greenkd_utils.settings.profiles import load_profile
 
 # Small enough for ~10 s on one core, large enough for the KD student to learn digits well.
 # Pinned here rather than read from smoke.yaml, so the accuracy bar does not move with the profile.
@@ -88,7 +94,7 @@ def test_cached_runs_are_loaded_not_retrained(headline, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached run was trained again")
 
-    monkeypatch.setattr(engine, "_train", no_training)
+    monkeypatch.setattr(lifecycle, "_live", no_training)
     kd_config = headline["configs"]["kd"]
     again = train_run(kd_config, headline["store"], device="cpu", progress=False)
     assert again.to_dict() == headline["runs"]["kd"].to_dict()
@@ -286,7 +292,7 @@ def test_run_interrupted_after_its_last_checkpoint_finishes_without_training(sto
     assert result.history == checkpoint["history"]
     assert result.test_accuracy == checkpoint["history"][-1]["test_accuracy"]
     weights = store.load_state_dict(config)
-    for name, tensor in checkpoint["model"].items():
+    for name, tensor in checkpoint["task"]["model"].items():
         assert torch.equal(weights[name], tensor), name
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from greenkd_utils import pairs, temperature_study
-from greenkd_utils.extra_tables import NOTEBOOKS, compare_with_paper_dataset, load_settings
-from greenkd_utils.profiles import PROFILES, load_profile
+from greenkd_utils.paper import figure3_temperature_and_batch as temperature_study
+from greenkd_utils.paper import table7_teacher_student_pairs as pairs
+from greenkd_utils.paper.extra_tables import (
+    NOTEBOOKS,
+    compare_with_paper_dataset,
+    load_settings,
+)
+from greenkd_utils.settings.profiles import PROFILES, load_profile
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -89,7 +94,7 @@ def test_claims_measure_spreads():
 
 
 def test_setup_applies_profile_overrides_only_where_configured(tmp_path):
-    from greenkd_utils import extra_tables
+    from greenkd_utils.paper import extra_tables
 
     exp, settings = extra_tables.setup("smoke", "table7_teacher_student_pairs", results_dir=tmp_path, seeds=[1])
     assert exp.profile.train_subset == 100 and exp.profile.teacher_train["epochs"] == 1

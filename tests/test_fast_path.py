@@ -7,9 +7,12 @@ import contextlib
 import pytest
 import torch
 
-from greenkd_utils.augment import BatchAugment
-from greenkd_utils.config import AugmentSettings, RunConfig, TrainSettings
-from greenkd_utils.engine import (
+from greenkd_utils.core.augment import BatchAugment
+from greenkd_utils.core.config import AugmentSettings, RunConfig, TrainSettings
+from greenkd_utils.core.losses import kd_loss
+from greenkd_utils.core.models import create_model
+from greenkd_utils.core.temperature import make_temperature
+from greenkd_utils.runs.tasks.classification import (
     ExecutionPlan,
     accuracy_tensor,
     make_optimizer,
@@ -17,9 +20,6 @@ from greenkd_utils.engine import (
     shuffled_batches,
     train_epoch,
 )
-from greenkd_utils.losses import kd_loss
-from greenkd_utils.models import create_model
-from greenkd_utils.temperature import make_temperature
 
 CPU = torch.device("cpu")
 PLAIN = ExecutionPlan(CPU, autocast_dtype=None, channels_last=False, fused_optimizer=False, compile=False)

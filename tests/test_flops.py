@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.flops against hand counts.
+"""Tests for greenkd_utils.energy.flops against hand counts.
 
 Hand-count conventions (those of torch's FlopCounterMode): 2 FLOPs per
 multiply-accumulate; bias additions and the bias gradient are not counted; a
@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from greenkd_utils.flops import (
+from greenkd_utils.core.models import create_model
+from greenkd_utils.energy.flops import (
     KDStepFlops,
     StepFlops,
     forward_flops,
@@ -22,7 +23,6 @@ from greenkd_utils.flops import (
     kd_step_flops,
     train_step_flops,
 )
-from greenkd_utils.models import create_model
 
 
 def conv_hand(n, c_out, c_in, groups, k, h_out, w_out):

@@ -17,16 +17,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from greenkd_utils import engine
-from greenkd_utils.augment import BatchAugment
-from greenkd_utils.carbon import JOULES_PER_KWH, EnergyMeter
-from greenkd_utils.config import AugmentSettings, TemperatureSpec, TrainSettings
-from greenkd_utils.engine import ExecutionPlan, make_optimizer, train_epoch, train_run
-from greenkd_utils.losses import kd_loss
-from greenkd_utils.models import create_model
-from greenkd_utils.profiles import load_profile
-from greenkd_utils.store import CHECKPOINT_FILE, RunStore
-from greenkd_utils.temperature import make_temperature
+from greenkd_utils.core.augment import BatchAugment
+from greenkd_utils.core.config import AugmentSettings, TemperatureSpec, TrainSettings
+from greenkd_utils.core.losses import kd_loss
+from greenkd_utils.core.models import create_model
+from greenkd_utils.core.temperature import make_temperature
+from greenkd_utils.energy.meter import JOULES_PER_KWH, EnergyMeter
+from greenkd_utils.runs.store import CHECKPOINT_FILE, RunStore
+from greenkd_utils.runs.tasks import classification as engine
+from greenkd_utils.runs.tasks.classification import (
+    ExecutionPlan,
+    make_optimizer,
+    train_epoch,
+    train_run,
+)
+from greenkd_utils.settings.profiles import load_profile
 
 pytestmark = [
     pytest.mark.gpu,

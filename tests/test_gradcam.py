@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.gradcam: heat maps that vary across the image, and their display."""
+"""Tests for greenkd_utils.analysis.gradcam: heat maps that vary across the image, and their display."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from greenkd_utils import gradcam
-from greenkd_utils.models import create_model
+from greenkd_utils.analysis import gradcam
+from greenkd_utils.core.models import create_model
 
 
 @pytest.fixture(scope="module")
 def digits_batch():
-    from greenkd_utils.data import load_dataset
+    from greenkd_utils.core.data import load_dataset
 
     ds = load_dataset("digits")
     idx = gradcam.spread_class_examples(ds.test_labels.numpy(), 4)

@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.inference: repeated, metered passes over a test set."""
+"""Tests for greenkd_utils.analysis.inference: repeated, metered passes over a test set."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from greenkd_utils import inference
-from greenkd_utils.models import create_model
+from greenkd_utils.analysis import inference
+from greenkd_utils.core.models import create_model
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.losses against independent computations.
+"""Tests for greenkd_utils.core.losses against independent computations.
 
 The references below are written with explicit loops in numpy (or with
 ``torch.nn.KLDivLoss``), never with the package's own helpers.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from greenkd_utils import losses
-from greenkd_utils.losses import KD_LOSSES, kd_loss, register_loss
+from greenkd_utils.core import losses
+from greenkd_utils.core.losses import KD_LOSSES, kd_loss, register_loss
 
 ALPHA = 0.95
 

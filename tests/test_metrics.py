@@ -1,13 +1,13 @@
-"""Tests for greenkd_utils.metrics: Table 5's metrics against a hand-made confusion matrix."""
+"""Tests for greenkd_utils.analysis.metrics: Table 5's metrics against a hand-made confusion matrix."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from greenkd_utils import metrics
-from greenkd_utils.predictions import Predictions
+from greenkd_utils.analysis import metrics
+from greenkd_utils.analysis.predictions import Predictions
+from greenkd_utils.paper import table5_metrics as table5
 
 # Rows: true class, columns: predicted class. 10 images, 3 classes, 6 correct.
 HAND_MADE = np.array(
@@ -76,7 +76,7 @@ def test_closed_forms_match_sklearn_on_a_balanced_test_set(num_classes):
 
 
 def test_the_papers_specificity_and_prevalence_do_not_follow_from_one_vs_rest():
-    table = metrics.paper_consistency(num_classes=10)
+    table = table5.paper_consistency(num_classes=10)
     assert list(table["method"]) == ["teacher", "kd_tuned", "kd_stochastic"]
     assert (table["one_vs_rest_specificity"] > 0.99).all()
     assert (table["paper_specificity"] <= 0.95).all()
@@ -106,7 +106,7 @@ def test_metrics_table_averages_over_seeds():
         {"teacher": fake_predictions("teacher", 0, y_true, y_true), "kd_stochastic": fake_predictions("kd_stochastic", 0, y_true, y_pred)},
         {"teacher": fake_predictions("teacher", 1, y_true, y_true), "kd_stochastic": fake_predictions("kd_stochastic", 1, y_true, y_true)},
     ]
-    table = metrics.metrics_table(seeds, "digits")
+    table = table5.metrics_table(seeds, "digits")
     assert list(table["method"]) == ["teacher", "kd_stochastic"]
     row = table.set_index("method").loc["kd_stochastic"]
     assert row["accuracy_pct"] == pytest.approx(80.0)

@@ -1,11 +1,11 @@
-"""Tests for greenkd_utils.models: sizes, shapes, errors, Grad-CAM targets."""
+"""Tests for greenkd_utils.core.models: sizes, shapes, errors, Grad-CAM targets."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from greenkd_utils.models import (
+from greenkd_utils.core.models import (
     MODELS,
     WideResNet,
     available_models,

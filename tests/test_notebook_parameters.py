@@ -22,9 +22,10 @@ import pandas as pd
 import pytest
 from notebook_runner import REPO, kernel_name
 
-from greenkd_utils import experiments as ex
-from greenkd_utils import extra_tables, knobs
-from greenkd_utils.knobs import parameters_from_namespace, parse
+from greenkd_utils.paper import experiments as ex
+from greenkd_utils.paper import extra_tables
+from greenkd_utils.settings import knobs
+from greenkd_utils.settings.knobs import parameters_from_namespace, parse
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # Knobs run_all.sh passes to every notebook, and the energy constants every notebook reports with.

@@ -22,7 +22,13 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from dataset_writers import voc_images, write_cifar10, write_cifar100, write_tinyimagenet, write_voc
+from dataset_writers import (
+    voc_images,
+    write_cifar10,
+    write_cifar100,
+    write_tinyimagenet,
+    write_voc,
+)
 from notebook_runner import REPO, Job, run_concurrently
 
 pytestmark = pytest.mark.notebook

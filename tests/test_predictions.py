@@ -1,11 +1,12 @@
-"""Tests for greenkd_utils.predictions: picking runs, one image's output distribution."""
+"""Tests for greenkd_utils.analysis.predictions (picking runs) and Figure 4's output distribution of one image."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from greenkd_utils import predictions as pr
+from greenkd_utils.analysis import predictions as pr
+from greenkd_utils.paper import figure4_logits_gradcam_confusion as figure4
 
 
 def make(method, logits, labels):
@@ -14,9 +15,9 @@ def make(method, logits, labels):
 
 def test_first_index_of_class():
     labels = np.array([1, 0, 2, 2, 0])
-    assert pr.first_index_of_class(labels, 2) == 2
+    assert figure4.first_index_of_class(labels, 2) == 2
     with pytest.raises(ValueError, match="classes present"):
-        pr.first_index_of_class(labels, 7)
+        figure4.first_index_of_class(labels, 7)
 
 
 def test_output_distribution_is_a_softmax_per_method():
@@ -24,7 +25,7 @@ def test_output_distribution_is_a_softmax_per_method():
         "teacher": make("teacher", [[0.0, 0.0, 0.0], [5.0, 0.0, 0.0]], [2, 0]),
         "kd_stochastic": make("kd_stochastic", [[0.0, 3.0, 1.0], [1.0, 2.0, 3.0]], [2, 0]),
     }
-    table = pr.output_distributions(preds, 0)
+    table = figure4.output_distributions(preds, 0)
     assert len(table) == 6 and (table["true_class"] == "c").all()
     sums = table.groupby("method")["probability"].sum()
     assert np.allclose(sums, 1.0)

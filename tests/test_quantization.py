@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.quantization: FX QAT, int8 conversion, model size, the cached QAT run."""
+"""Tests for greenkd_utils.core.quantization: FX QAT, int8 conversion, model size, the cached QAT run."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from greenkd_utils import quantization as q
-from greenkd_utils.carbon import EnergyReport
-from greenkd_utils.config import AugmentSettings, RunConfig, TrainSettings
-from greenkd_utils.flops import train_step_flops
-from greenkd_utils.models import create_model
-from greenkd_utils.store import CHECKPOINT_FILE, MODEL_FILE
+from greenkd_utils.core import quantization as q
+from greenkd_utils.core.config import AugmentSettings, RunConfig, TrainSettings
+from greenkd_utils.core.models import create_model
+from greenkd_utils.energy.flops import train_step_flops
+from greenkd_utils.energy.meter import EnergyReport
+from greenkd_utils.runs.store import CHECKPOINT_FILE, MODEL_FILE
+from greenkd_utils.runs.tasks import qat as qat_task
+from greenkd_utils.runs.tasks.qat import train_qat
 
 BACKEND = q.resolve_backend("auto")
 SHAPE = (1, 8, 8)
@@ -172,7 +174,7 @@ def test_qat_config_has_its_own_key_and_round_trips():
 
 def test_train_qat_from_scratch_is_cached_and_reloads(store):
     config = q.QATConfig.from_student(_student(), init="scratch", freeze_fraction=0.5)
-    pipeline = q.train_qat(config, store, device="cpu", progress=False)
+    pipeline = train_qat(config, store, device="cpu", progress=False)
     result = pipeline.qat
     assert pipeline.initial is None and result.initial_test_accuracy is None
     assert 0.0 <= result.test_accuracy <= 100.0 and pipeline.test_accuracy == result.test_accuracy
@@ -182,7 +184,7 @@ def test_train_qat_from_scratch_is_cached_and_reloads(store):
     run_dir = store.run_dir(config)
     assert (run_dir / MODEL_FILE).is_file() and not (run_dir / CHECKPOINT_FILE).exists()
     # A second call is a store hit: same record, no training.
-    again = q.train_qat(config, store, device="cpu", progress=False).qat
+    again = train_qat(config, store, device="cpu", progress=False).qat
     assert again.finished_at == result.finished_at and again.test_accuracy == result.test_accuracy
     # The stored weights rebuild the same int8 model.
     int8 = result.load_int8_model(store)
@@ -194,7 +196,7 @@ def test_train_qat_from_scratch_is_cached_and_reloads(store):
 def test_qat_fine_tunes_the_trained_student_and_costs_both_stages(store):
     student = _student()
     config = q.QATConfig.from_student(student, train=dataclasses.replace(TINY, epochs=1, lr=0.005))
-    pipeline = q.train_qat(config, store, device="cpu", progress=False)
+    pipeline = train_qat(config, store, device="cpu", progress=False)
     initial = pipeline.initial
     assert initial is not None and store.is_finished(student)  # the float student was trained first
     assert pipeline.qat.initial_test_accuracy == pytest.approx(initial.test_accuracy, abs=1e-3)
@@ -207,21 +209,22 @@ def test_qat_fine_tunes_the_trained_student_and_costs_both_stages(store):
 
 def test_an_interrupted_qat_run_resumes_from_its_checkpoint(store, monkeypatch):
     config = q.QATConfig.from_student(_student(train_subset=64, test_subset=20), init="scratch")
-    real_convert = q.convert_to_int8
+    real_convert = qat_task.convert_to_int8
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("interrupted after the last epoch")
 
-    monkeypatch.setattr(q, "convert_to_int8", crash)
+    monkeypatch.setattr(qat_task, "convert_to_int8", crash)
     with pytest.raises(KeyboardInterrupt):
-        q.train_qat(config, store, device="cpu", progress=False)
+        train_qat(config, store, device="cpu", progress=False)
     assert not store.is_finished(config)
     checkpoint = store.load_checkpoint(store.run_dir(config))
     assert checkpoint is not None and checkpoint["epoch"] == TINY.epochs - 1
 
-    monkeypatch.setattr(q, "convert_to_int8", real_convert)
-    result = q.train_qat(config, store, device="cpu", progress=False).qat
+    monkeypatch.setattr(qat_task, "convert_to_int8", real_convert)
+    result = train_qat(config, store, device="cpu", progress=False).qat
     # Nothing was trained again: the history is the checkpoint's, and the energy includes the first attempt's.
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history == checkpoint["history"]
-    assert result.energy.energy_kwh >= EnergyReport.from_dict(checkpoint["energy"]).energy_kwh > 0
+    checkpointed = EnergyReport.total(EnergyReport.from_dict(e) for e in checkpoint["energy_by_phase"].values())
+    assert result.energy.energy_kwh >= checkpointed.energy_kwh > 0

@@ -4,6 +4,8 @@ The keys below were computed from the profile files before the run lifecycle was
 ``tests/data/legacy_records`` were written by that code (smoke profile, CPU). A change to the config or run
 code must never move a key or stop an old ``result.json`` from loading. A deliberate change to a profile file
 moves that profile's keys: recompute them then.
+
+The imports use the module paths of that code on purpose: scripts written against them must keep working.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ import json
 from pathlib import Path
 
 import pytest
-
-from greenkd_utils import extra_tables
 from greenkd_utils.config import TemperatureSpec
 from greenkd_utils.detection.experiment import load_detection_profile
 from greenkd_utils.detection.training import DetectionRunResult
-from greenkd_utils.dfkd.experiment import dfkd_config, setup as dfkd_setup
+from greenkd_utils.dfkd.experiment import dfkd_config
+from greenkd_utils.dfkd.experiment import setup as dfkd_setup
 from greenkd_utils.dfkd.trainer import DFKDResult
 from greenkd_utils.engine import RunResult
 from greenkd_utils.quantization import QATResult, qat_config, student_config
+
+from greenkd_utils import extra_tables
 
 GOLDEN_KEYS = {
     "smoke/dfkd_deepinversion_stochastic": "e37828e29584947f",
@@ -99,15 +102,20 @@ def test_legacy_dfkd_record_loads():
     assert result.key == stored["key"] == result.config.key
     assert result.test_accuracy == stored["test_accuracy"]
     assert result.teacher_test_accuracy == stored["teacher_test_accuracy"]
-    assert result.synthesis_flops == stored["flops"]["synthesis_flops"]
-    assert result.energy_synthesis.energy_kwh + result.energy_student.energy_kwh == pytest.approx(result.energy.energy_kwh)
+    assert result.flops_of("synthesis") == stored["flops"]["synthesis_flops"]
+    assert result.pool == stored["pool"]
+    assert result.energy_of("synthesis").energy_kwh == pytest.approx(stored["energy_synthesis"]["energy_kwh"])
+    assert result.energy_of("synthesis").energy_kwh + result.energy_of("training").energy_kwh == pytest.approx(
+        result.energy.energy_kwh
+    )
 
 
 def test_legacy_detection_record_loads():
     stored = _legacy("detection")
     result = DetectionRunResult.from_dict(stored)
     assert result.key == stored["key"] == result.config.key
-    assert result.test_accuracy == stored["test_map_pct"]
+    assert result.test_accuracy == result.test_map_pct == stored["test_map_pct"]
+    assert result.test_metrics == stored["test_metrics"]
     assert result.val_accuracy == stored["val_map_pct"]
     assert result.training_flops == stored["flops"]["training_flops"]
 

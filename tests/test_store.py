@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.store: caching, atomic writes, safe loading, one training across processes."""
+"""Tests for greenkd_utils.runs.store: caching, atomic writes, safe loading, one training across processes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from greenkd_utils import store as store_module
-from greenkd_utils.config import RunConfig
-from greenkd_utils.store import (
+from greenkd_utils.core.config import RunConfig
+from greenkd_utils.runs import store as store_module
+from greenkd_utils.runs.store import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     MODEL_FILE,

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from greenkd_utils import engine
-from greenkd_utils.config import AugmentSettings, TemperatureSpec, TrainSettings
-from greenkd_utils.engine import train_run
-from greenkd_utils.store import (
+from greenkd_utils.core.config import AugmentSettings, TemperatureSpec, TrainSettings
+from greenkd_utils.runs import lifecycle
+from greenkd_utils.runs.store import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     CORRUPT_MARK,
@@ -28,6 +27,8 @@ from greenkd_utils.store import (
     RunStore,
     safe_torch_load,
 )
+from greenkd_utils.runs.tasks import classification as engine
+from greenkd_utils.runs.tasks.classification import train_run
 
 TINY = TrainSettings(epochs=2, batch_size=32, lr=0.05, milestones=(1,), warmup_epochs=0,
                      augment=AugmentSettings(crop_padding=0, flip=False, rotation_deg=0.0))
@@ -47,13 +48,13 @@ def kd(smoke):
 def trainings(monkeypatch):
     """The names of the runs trained (not loaded) from here on."""
     names = []
-    real_train = engine._train
+    real_live = lifecycle._live
 
-    def counting(config, *args, **kwargs):
-        names.append(config.name)
-        return real_train(config, *args, **kwargs)
+    def counting(task, *args, **kwargs):
+        names.append(task.config.name)
+        return real_live(task, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "_train", counting)
+    monkeypatch.setattr(lifecycle, "_live", counting)
     return names
 
 
@@ -336,6 +337,19 @@ def test_record_of_an_earlier_version_with_torn_weights_is_retrained(store, kd, 
     assert trainings == [kd.teacher.name]
 
 
+def test_record_of_an_earlier_version_without_its_weights_is_retrained(store, kd, trainings):
+    run(kd.teacher, store)
+    run_dir = store.run_dir(kd.teacher)
+    stored = json.loads((run_dir / RESULT_FILE).read_text())
+    del stored[INTEGRITY_FIELD]
+    (run_dir / RESULT_FILE).write_text(json.dumps(stored))
+    (run_dir / MODEL_FILE).unlink()
+    trainings.clear()
+    with pytest.warns(CorruptRunWarning, match=names(run_dir / MODEL_FILE)):
+        run(kd.teacher, store)
+    assert trainings == [kd.teacher.name]
+
+
 def test_corrupt_run_is_left_in_place_while_another_process_holds_its_lock(store, kd):
     run(kd.teacher, store)
     path = store.run_dir(kd.teacher) / RESULT_FILE
@@ -363,7 +377,7 @@ def test_browsing_skips_corrupt_and_set_aside_runs(store, kd):
 
 
 def test_store_that_cannot_be_written_still_reads_sealed_and_earlier_records(store, kd, monkeypatch):
-    from greenkd_utils import store as store_module
+    from greenkd_utils.runs import store as store_module
 
     run(kd.teacher, store)
     other = kd.teacher.replace(seed=1)

@@ -1,15 +1,14 @@
-"""Tests for greenkd_utils.sweep: the tuned baseline (one fixed-tau run per grid value, chosen on validation)."""
+"""Tests for greenkd_utils.runs.sweep: the tuned baseline (one fixed-tau run per grid value, chosen on validation)."""
 
 from __future__ import annotations
 
 import pytest
 
-from greenkd_utils import engine, sweep
-from greenkd_utils.carbon import ComponentEnergy, EnergyReport
-from greenkd_utils.config import TemperatureSpec
-from greenkd_utils.engine import RunResult
-from greenkd_utils.sweep import TunedResult, choose_on_validation, tuned_sweep
-
+from greenkd_utils.core.config import TemperatureSpec
+from greenkd_utils.energy.meter import ComponentEnergy, EnergyReport
+from greenkd_utils.runs import lifecycle, sweep
+from greenkd_utils.runs.sweep import TunedResult, choose_on_validation, tuned_sweep
+from greenkd_utils.runs.tasks.classification import RunResult
 
 # --------------------------------------------------------------------------- a real sweep (smoke)
 
@@ -48,7 +47,7 @@ def test_tuned_sweep_over_a_small_grid(store, smoke, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached grid run was trained again")
 
-    monkeypatch.setattr(engine, "_train", no_training)
+    monkeypatch.setattr(lifecycle, "_live", no_training)
     again = tuned_sweep(base, taus, store, device="cpu", progress=False)
     assert [r.to_dict() for r in again.runs] == [r.to_dict() for r in tuned.runs]
     assert again.chosen_tau == tuned.chosen_tau
@@ -106,13 +105,13 @@ def fake_grid(monkeypatch, smoke):
     }
     asked = []
 
-    def fake_train_run(config, store, device, data_root, progress):
+    def fake_train_run(config, store, device, data_root, progress, **options):
         tau = config.temperature.tau
         asked.append(tau)
         val, test = table[tau]
         return _fake_result(config, val, test, kwh=tau * 1e-3, flops=tau * 1e12, seconds=tau * 10)
 
-    monkeypatch.setattr(sweep, "train_run", fake_train_run)
+    monkeypatch.setattr(sweep, "train", fake_train_run)
     return smoke.kd_config("digits", seed=0), table, asked
 
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from notebook_runner import execute, smoke_dirs
 
-from greenkd_utils.extra_tables import load_settings
-from greenkd_utils.profiles import load_profile
+from greenkd_utils.paper.extra_tables import load_settings
+from greenkd_utils.settings.profiles import load_profile
 
 pytestmark = pytest.mark.notebook
 

@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.temperature: fixed and stochastic (tau ~ U[low, high] per batch) schedules."""
+"""Tests for greenkd_utils.core.temperature: fixed and stochastic (tau ~ U[low, high] per batch) schedules."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from greenkd_utils.config import TemperatureSpec
-from greenkd_utils.temperature import (
+from greenkd_utils.core.config import TemperatureSpec
+from greenkd_utils.core.temperature import (
     FixedTemperature,
     StochasticTemperature,
     TauStatistics,

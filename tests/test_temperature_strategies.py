@@ -15,27 +15,33 @@ import pytest
 import torch
 from scipy import stats
 
-from greenkd_utils import engine, successive_halving
-from greenkd_utils.carbon import ComponentEnergy, EnergyReport
-from greenkd_utils.config import RunConfig, TemperatureSpec, TrainSettings, config_key
-from greenkd_utils.engine import RunResult, train_run
-from greenkd_utils.losses import kd_loss, standardize_logits
-from greenkd_utils.profiles import load_profile
-from greenkd_utils.store import CHECKPOINT_FILE, RunStore
-from greenkd_utils.successive_halving import (
+from greenkd_utils.core.config import (
+    RunConfig,
+    TemperatureSpec,
+    TrainSettings,
+    config_key,
+)
+from greenkd_utils.core.losses import kd_loss, standardize_logits
+from greenkd_utils.core.temperature import (
+    CurriculumTemperature,
+    StochasticPerSampleTemperature,
+    cosine_curriculum,
+    make_temperature,
+)
+from greenkd_utils.energy.meter import ComponentEnergy, EnergyReport
+from greenkd_utils.runs import lifecycle, successive_halving
+from greenkd_utils.runs.store import CHECKPOINT_FILE, RunStore
+from greenkd_utils.runs.successive_halving import (
     RESUME_STATE_FILE,
     HalvingResult,
     HalvingSettings,
     successive_halving_sweep,
     truncated,
 )
-from greenkd_utils.sweep import tuned_sweep
-from greenkd_utils.temperature import (
-    CurriculumTemperature,
-    StochasticPerSampleTemperature,
-    cosine_curriculum,
-    make_temperature,
-)
+from greenkd_utils.runs.sweep import tuned_sweep
+from greenkd_utils.runs.tasks import classification as engine
+from greenkd_utils.runs.tasks.classification import RunResult, train_run
+from greenkd_utils.settings.profiles import load_profile
 
 ALPHA = 0.95
 
@@ -91,9 +97,9 @@ def _explicit_configs():
 def test_explicit_and_nested_run_keys_are_unchanged():
     # Independent of the profile YAML files; data-free KD, QAT and detection configs nest these specs and
     # run configs through dataclasses.asdict, so their keys are checked too.
-    from greenkd_utils.detection.config import DetectionRunConfig
-    from greenkd_utils.dfkd.config import DFKDConfig, SynthesisSettings
-    from greenkd_utils.quantization import QATConfig
+    from greenkd_utils.core.detection.config import DetectionRunConfig
+    from greenkd_utils.core.dfkd.config import DFKDConfig, SynthesisSettings
+    from greenkd_utils.core.quantization import QATConfig
 
     teacher, student, kd_fixed, kd_stochastic = _explicit_configs()
     assert [c.key for c in (teacher, student, kd_fixed, kd_stochastic)] == [
@@ -389,7 +395,7 @@ def test_ctkd_run_resumes_exactly_and_records_tau_per_epoch(tmp_path, monkeypatc
         train_run(config, store_b, device="cpu", progress=False)
     checkpoint = RunStore.load_checkpoint(run_dir)
     assert checkpoint["temperature"]["param"].shape == (1,)
-    assert len(checkpoint["optimizer"]["param_groups"][0]["params"]) == len(list(
+    assert len(checkpoint["task"]["optimizer"]["param_groups"][0]["params"]) == len(list(
         straight.load_model(store_a).parameters())) + 1  # the temperature trains in the student's optimiser
 
     monkeypatch.setattr(engine, "objective", real_objective)
@@ -515,7 +521,7 @@ def test_successive_halving_on_real_runs_continues_reuses_and_never_bills_cached
     def no_training(*args, **kwargs):
         raise AssertionError("a cached run was trained again")
 
-    monkeypatch.setattr(engine, "_train", no_training)
+    monkeypatch.setattr(lifecycle, "_live", no_training)
     again = successive_halving_sweep(base, taus, store, device="cpu", progress=False, settings=settings)
     assert again.energy.energy_kwh == result.energy.energy_kwh and again.training_flops == result.training_flops
     assert again.chosen_tau == result.chosen_tau

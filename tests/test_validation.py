@@ -8,12 +8,16 @@ import pickle
 
 import numpy as np
 import pytest
-
 from dataset_writers import write_cifar10, write_cifar100
-from greenkd_utils.carbon import EnergyMeter
-from greenkd_utils.config import RunConfig, TemperatureSpec, TrainSettings
-from greenkd_utils.data import DatasetCorruptError, DatasetNotFoundError, load_dataset
-from greenkd_utils.temperature import make_temperature
+
+from greenkd_utils.core.config import RunConfig, TemperatureSpec, TrainSettings
+from greenkd_utils.core.data import (
+    DatasetCorruptError,
+    DatasetNotFoundError,
+    load_dataset,
+)
+from greenkd_utils.core.temperature import make_temperature
+from greenkd_utils.energy.meter import EnergyMeter
 
 NOT_FINITE = [math.nan, math.inf, -math.inf]
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from greenkd_utils.verdict import classify, paired_verdict
+from greenkd_utils.analysis.verdict import classify, paired_verdict
 
 
 def test_paired_interval_matches_the_textbook_value():

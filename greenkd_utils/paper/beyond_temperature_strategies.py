@@ -1,0 +1,349 @@
+"""Temperature strategies beyond the paper, side by side: what each one costs and what it buys.
+
+The notebook ``beyond_temperature_strategies`` distils the profile's teacher into its student with HKD, on one
+data set and several seeds, with each of these strategies (:data:`STRATEGIES`):
+
+- ``tuned_grid``: one full fixed-tau run per grid value, tau chosen on validation (the paper's baseline;
+  the runs of Tables 1 and 4);
+- ``tuned_successive_halving``: the same grid searched by successive halving (:mod:`.successive_halving`);
+- ``stochastic_per_batch``: tau ~ U[2, 20] per batch (the paper's method; the runs of Tables 1 and 4);
+- ``stochastic_per_sample``: tau ~ U[2, 20] per sample;
+- ``ctkd``: CTKD's learned global temperature (Li et al., AAAI 2023);
+- ``logit_standardization``: z-scored logits at a fixed base tau (Sun et al., CVPR 2024);
+- ``logit_standardization_stochastic``: z-scored logits with tau ~ U[2, 20] per batch.
+
+One table row per strategy: test accuracy as the mean over seeds with a 95% t interval of that mean; energy,
+CO2 and FLOPs per seed (mean over seeds) of everything the strategy trained, so a tuned row pays for its
+whole grid or its whole halving. ``runs_trained`` is the number of training runs it needed per seed (a
+successive-halving trial counts as one run, however early it stopped; its energy says how much it ran).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from greenkd_utils.core.config import RunConfig, TemperatureSpec
+from greenkd_utils.paper import plotting
+from greenkd_utils.runs.successive_halving import (
+    HalvingResult,
+    HalvingSettings,
+    successive_halving_sweep,
+)
+from greenkd_utils.runs.sweep import TunedResult
+from greenkd_utils.runs.tasks.classification import RunResult
+from greenkd_utils.settings.loader import load_section
+
+NOTEBOOK = "beyond_temperature_strategies"
+LOSS = "hkd"
+STRATEGIES = (
+    "tuned_grid",
+    "tuned_successive_halving",
+    "stochastic_per_batch",
+    "stochastic_per_sample",
+    "ctkd",
+    "logit_standardization",
+    "logit_standardization_stochastic",
+)
+STRATEGY_LABELS = {
+    "tuned_grid": "tuned tau, full grid",
+    "tuned_successive_halving": "tuned tau, successive halving",
+    "stochastic_per_batch": "stochastic tau per batch (the paper's)",
+    "stochastic_per_sample": "stochastic tau per sample",
+    "ctkd": "CTKD (learned global tau)",
+    "logit_standardization": "logit standardization, fixed base tau",
+    "logit_standardization_stochastic": "logit standardization, stochastic tau",
+}
+COLUMNS = (
+    "strategy", "loss", "n_seeds", "accuracy_mean_pct", "ci_low_pct", "ci_high_pct", "energy_kwh",
+    "energy_source", "co2_g", "training_gflops_millions", "runs_trained",
+)
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class BeyondSettings:
+    """What the notebook trains at a profile (``configs/beyond.yaml``), with the notebook's overrides."""
+
+    dataset: str
+    seeds: Tuple[int, ...]
+    tau_grid: Tuple[float, ...]
+    ls_base_tau: float = 2.0
+    halving_min_epochs: int = 1
+    halving_reduction_factor: int = 3
+    ctkd_curriculum_epochs: int = 10
+    strategies: Tuple[str, ...] = STRATEGIES
+
+    def __post_init__(self):
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"unknown strateg{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
+                             f"valid: {', '.join(STRATEGIES)}")
+        if not self.seeds:
+            raise ValueError(f"{NOTEBOOK} needs at least one seed")
+        if not self.tau_grid:
+            raise ValueError(f"{NOTEBOOK} needs a tau grid with at least one value")
+        if not self.ls_base_tau > 0:
+            raise ValueError(f"ls_base_tau must be > 0; got {self.ls_base_tau}")
+
+    @property
+    def halving(self) -> HalvingSettings:
+        return HalvingSettings(self.halving_min_epochs, self.halving_reduction_factor)
+
+    def describe(self) -> str:
+        return (f"{self.dataset}, seeds {list(self.seeds)}, tau grid {[float(t) for t in self.tau_grid]}, "
+                f"logit standardization base tau {self.ls_base_tau:g}, successive halving from "
+                f"{self.halving_min_epochs} epoch(s) by a factor {self.halving_reduction_factor}, CTKD curriculum "
+                f"{self.ctkd_curriculum_epochs} epochs")
+
+
+_SETTING_NAMES = ("dataset", "seeds", "ls_base_tau", "halving_min_epochs", "halving_reduction_factor",
+                  "ctkd_curriculum_epochs")
+
+
+def _read_yaml(profile: str) -> Dict[str, Any]:
+    raw, _ = load_section(profile, {}, _SETTING_NAMES, "setting", family="beyond")
+    unknown = sorted(set(raw) - set(_SETTING_NAMES))
+    if unknown:
+        raise ValueError(f"configs/beyond.yaml [{profile}] has unknown setting(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(_SETTING_NAMES)}")
+    return raw
+
+
+def setup(
+    profile: str = "demo",
+    *,
+    results_dir=None,
+    data_root=None,
+    device: Optional[str] = None,
+    progress: bool = True,
+    datasets: Optional[Sequence[str]] = None,
+    seeds: Optional[Sequence[int]] = None,
+    epochs: Optional[int] = None,
+    teacher_epochs: Optional[int] = None,
+    tau_grid: Optional[Sequence[float]] = None,
+    teacher_model: Optional[str] = None,
+    student_model: Optional[str] = None,
+    pue: Optional[float] = None,
+    carbon_intensity_g_per_kwh: Optional[float] = None,
+    ls_base_tau: Optional[float] = None,
+    halving_min_epochs: Optional[int] = None,
+    halving_reduction_factor: Optional[int] = None,
+    ctkd_curriculum_epochs: Optional[int] = None,
+    strategies: Optional[Sequence[str]] = None,
+):
+    """The experiment (profile, run store, device) and the notebook's settings; None keeps the profile's.
+
+    ``datasets`` names one data set (the table has no data-set column): None is ``configs/beyond.yaml``'s.
+    """
+    from greenkd_utils.paper.experiments import setup as experiment_setup
+    from greenkd_utils.settings import knobs
+
+    # The same parser as every notebook's knobs: "0,1" and [0, 1] are the same seeds.
+    parsed = knobs.coerce({"profile": profile, "datasets": datasets, "seeds": seeds})
+    profile, datasets, seeds = parsed["profile"], parsed["datasets"], parsed["seeds"]
+    raw = _read_yaml(profile)
+    if datasets is not None:
+        if len(datasets) != 1:
+            raise ValueError(f"{NOTEBOOK} compares strategies on one data set; got datasets={datasets}")
+        raw["dataset"] = datasets[0]
+    overrides = {"seeds": seeds, "ls_base_tau": ls_base_tau, "halving_min_epochs": halving_min_epochs,
+                 "halving_reduction_factor": halving_reduction_factor,
+                 "ctkd_curriculum_epochs": ctkd_curriculum_epochs}
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    exp = experiment_setup(
+        profile, results_dir=results_dir, data_root=data_root, device=device, progress=progress,
+        epochs=epochs, teacher_epochs=teacher_epochs, tau_grid=tau_grid, teacher_model=teacher_model,
+        student_model=student_model, pue=pue, carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh,
+    )
+    prof = exp.profile
+    settings = BeyondSettings(
+        dataset=str(raw.get("dataset") or prof.datasets[0]),
+        seeds=tuple(int(s) for s in (raw.get("seeds") or prof.seeds)),
+        tau_grid=tuple(float(t) for t in prof.tau_grid),
+        ls_base_tau=float(raw.get("ls_base_tau", 2.0)),
+        halving_min_epochs=int(raw.get("halving_min_epochs", 1)),
+        halving_reduction_factor=int(raw.get("halving_reduction_factor", 3)),
+        ctkd_curriculum_epochs=int(raw.get("ctkd_curriculum_epochs", 10)),
+        strategies=tuple(strategies) if strategies is not None else STRATEGIES,
+    )
+    return exp, settings
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs of each strategy
+# ---------------------------------------------------------------------------------------------
+def kd_config(exp, settings: BeyondSettings, seed: int, temperature: TemperatureSpec,
+              logit_standardization: bool = False) -> RunConfig:
+    """An HKD config of the profile; ``Profile.kd_config``'s, so that shared runs keep the tables' keys."""
+    config = exp.profile.kd_config(settings.dataset, seed, LOSS, temperature)
+    return config.replace(logit_standardization=True) if logit_standardization else config
+
+
+def run_strategy(exp, settings: BeyondSettings, strategy: str, seed: int) -> RunResult | TunedResult:
+    """The (cached or freshly trained) result of ``strategy`` for one seed."""
+    prof = exp.profile
+    if strategy == "tuned_grid":
+        return exp.tuned(settings.dataset, seed, LOSS, taus=settings.tau_grid)
+    if strategy == "tuned_successive_halving":
+        # The base of Experiment.tuned: the trials' full-length runs are the grid's runs.
+        base = prof.kd_config(settings.dataset, seed, LOSS, TemperatureSpec.fixed(1.0))
+        return successive_halving_sweep(base, settings.tau_grid, exp.store, exp.device, exp.data_root,
+                                        exp.progress, settings.halving)
+    if strategy == "stochastic_per_batch":
+        return exp.stochastic(settings.dataset, seed, LOSS)
+    if strategy == "stochastic_per_sample":
+        return exp.run(kd_config(exp, settings, seed, TemperatureSpec.stochastic_per_sample(*prof.tau_range)))
+    if strategy == "ctkd":
+        spec = TemperatureSpec.ctkd(curriculum_epochs=settings.ctkd_curriculum_epochs)
+        return exp.run(kd_config(exp, settings, seed, spec))
+    if strategy == "logit_standardization":
+        return exp.run(kd_config(exp, settings, seed, TemperatureSpec.fixed(settings.ls_base_tau), True))
+    if strategy == "logit_standardization_stochastic":
+        return exp.run(kd_config(exp, settings, seed, prof.stochastic(), True))
+    raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+
+
+def runs_trained(result: RunResult | TunedResult) -> int:
+    """Training runs a strategy needed for one seed: one per trial of a search, one for a single run."""
+    if isinstance(result, HalvingResult):
+        return result.n_trials
+    if isinstance(result, TunedResult):
+        return len(result.runs)
+    return 1
+
+
+def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Tuple[float, float, float]:
+    """Mean and the two-sided t interval of the mean; NaN bounds for a single value (no spread to estimate)."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    sem = float(stats.sem(values))
+    if sem == 0.0:
+        return mean, mean, mean
+    low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=sem)
+    return mean, float(low), float(high)
+
+
+def strategy_results(exp, settings: BeyondSettings) -> Dict[str, List[RunResult | TunedResult]]:
+    """Every strategy's result for every seed, strategy by strategy."""
+    return {s: [run_strategy(exp, settings, s, seed) for seed in settings.seeds] for s in settings.strategies}
+
+
+def summary_table(exp, settings: BeyondSettings,
+                  results: Optional[Dict[str, List[RunResult | TunedResult]]] = None) -> pd.DataFrame:
+    """One row per strategy, with exactly the :data:`COLUMNS`."""
+    results = results if results is not None else strategy_results(exp, settings)
+    rows = []
+    for strategy, per_seed in results.items():
+        accuracy, low, high = mean_interval([r.test_accuracy for r in per_seed])
+        energies = [exp.energy(r.energy) for r in per_seed]
+        rows.append({
+            "strategy": strategy,
+            "loss": LOSS,
+            "n_seeds": len(per_seed),
+            "accuracy_mean_pct": accuracy,
+            "ci_low_pct": low,
+            "ci_high_pct": high,
+            "energy_kwh": float(np.mean([e.energy_kwh for e in energies])),
+            "energy_source": "/".join(sorted({e.source for e in energies})),
+            "co2_g": float(np.mean([e.co2_g for e in energies])),
+            "training_gflops_millions": float(np.mean([r.training_gflops_millions for r in per_seed])),
+            "runs_trained": float(np.mean([runs_trained(r) for r in per_seed])),
+        })
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def per_seed_table(exp, settings: BeyondSettings,
+                   results: Dict[str, List[RunResult | TunedResult]]) -> pd.DataFrame:
+    """One row per strategy and seed: accuracies, the tau a search chose, and the epochs each one trained."""
+    rows = []
+    for strategy, per_seed in results.items():
+        for seed, r in zip(settings.seeds, per_seed):
+            searched = isinstance(r, TunedResult)
+            rows.append({
+                "strategy": strategy,
+                "seed": seed,
+                "test_accuracy_pct": r.test_accuracy,
+                "val_accuracy_pct": r.val_accuracy,
+                "chosen_tau": r.chosen_tau if searched else np.nan,
+                "epochs_trained": r.epochs_trained if searched else len(r.history),
+                "runs_trained": runs_trained(r),
+                "taus_stopped_early": len(r.pruned_taus) if isinstance(r, HalvingResult) else 0,
+                "energy_kwh": exp.energy(r.energy).energy_kwh,
+                "training_gflops_millions": r.training_gflops_millions,
+            })
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The figure
+# ---------------------------------------------------------------------------------------------
+def pareto_front(table: pd.DataFrame, cost: str = "energy_kwh", value: str = "accuracy_mean_pct") -> pd.Series:
+    """True for the rows no other row beats: none costs at most as much and is at least as accurate, and
+    strictly better in one of the two."""
+    c, v = table[cost].to_numpy(float), table[value].to_numpy(float)
+    dominated = [
+        bool(np.any((c <= c[i]) & (v >= v[i]) & ((c < c[i]) | (v > v[i])))) for i in range(len(table))
+    ]
+    return pd.Series([not d for d in dominated], index=table.index)
+
+
+def strategy_color(strategy: str) -> str:
+    """Tables 1 and 4's colours for the rows they share, distinct colour-blind-safe hues for the others."""
+    shared = {"tuned_grid": "kd_tuned", "stochastic_per_batch": "kd_stochastic"}
+    if strategy in shared:
+        return plotting.method_color(shared[strategy])
+    import seaborn as sns
+
+    palette = sns.color_palette("colorblind", 10).as_hex()
+    own = {"tuned_successive_halving": 4, "stochastic_per_sample": 7, "ctkd": 6, "logit_standardization": 9,
+           "logit_standardization_stochastic": 0}
+    return palette[own.get(strategy, 5)]
+
+
+def plot_accuracy_vs_energy(table: pd.DataFrame, title: str):
+    """Test accuracy (95% interval of the mean as error bars) against energy per seed (log scale), with the
+    Pareto front (the strategies nothing else beats on both) joined and ringed."""
+    import matplotlib.pyplot as plt
+
+    plotting.use_style()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    front = pareto_front(table)
+    for row in table.itertuples(index=False):
+        low, high = row.ci_low_pct, row.ci_high_pct
+        yerr = None if np.isnan(low) else [[row.accuracy_mean_pct - low], [high - row.accuracy_mean_pct]]
+        marker = "s" if row.strategy.startswith("tuned") else "o"  # squares pay for a search, circles for one run
+        ax.errorbar(row.energy_kwh, row.accuracy_mean_pct, yerr=yerr, marker=marker, ms=7, capsize=3, ls="none",
+                    color=strategy_color(row.strategy), label=STRATEGY_LABELS.get(row.strategy, row.strategy))
+    on_front = table[front].sort_values("energy_kwh")
+    ax.plot(on_front["energy_kwh"], on_front["accuracy_mean_pct"], color="black", lw=1, ls="--", zorder=0,
+            label="Pareto front")
+    ax.scatter(on_front["energy_kwh"], on_front["accuracy_mean_pct"], s=220, facecolors="none",
+               edgecolors="black", linewidths=1.2, zorder=3)
+    ax.set_xscale("log")
+    lows = table["ci_low_pct"].fillna(table["accuracy_mean_pct"])
+    highs = table["ci_high_pct"].fillna(table["accuracy_mean_pct"])
+    ax.set_ylim(max(0.0, float(lows.min()) - 3), min(100.0, float(highs.max()) + 3))
+    source = "/".join(sorted(set("/".join(table["energy_source"]).split("/"))))
+    ax.set_xlabel(f"energy per seed (kWh, device, before PUE; {source})")
+    ax.set_ylabel(f"test accuracy (%), mean and {CONFIDENCE:.0%} interval")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def table_note(exp, settings: BeyondSettings, table: pd.DataFrame) -> str:
+    return (
+        f"Profile {exp.profile.name}: {exp.profile.teacher_model} -> {exp.profile.student_model}, HKD, "
+        f"{settings.describe()}. Accuracy: mean over {len(settings.seeds)} seed(s) and the {CONFIDENCE:.0%} t "
+        f"interval of the mean. Energy, CO2 and GFLOPs (M) per seed of everything the strategy trained (a search "
+        f"pays for all its runs, cached or not). Energy source: {', '.join(sorted(set(table['energy_source'])))}. "
+        f"{exp.constants_note()}."
+    )

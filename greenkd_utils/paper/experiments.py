@@ -1,0 +1,293 @@
+"""The paper's experiments as functions: what a notebook calls after its ``parameters`` cell.
+
+``setup(profile, ...)`` gives an :class:`Experiment` (profile + run store + device).
+Its methods return cached or freshly trained runs; :func:`summarise` turns the runs of one table cell into a
+row (accuracy as mean and std over seeds; energy, CO2 and FLOPs per seed, mean over seeds, under the
+experiment's PUE and carbon intensity), and :func:`verdict_table` compares stochastic with tuned tau over the
+same seeds. The tables themselves are one module per notebook in :mod:`greenkd_utils.paper`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from greenkd_utils.analysis.verdict import (
+    DEFAULT_MARGIN_PCT,
+    PairedVerdict,
+    check_margin,
+    paired_verdict,
+)
+from greenkd_utils.core.config import RunConfig, TemperatureSpec
+from greenkd_utils.core.losses import check_logit_standardization
+from greenkd_utils.energy.meter import EnergyReport
+from greenkd_utils.energy.phases import PHASES
+from greenkd_utils.runs.store import RunStore, atomic_write_bytes, atomic_write_json
+from greenkd_utils.runs.sweep import TunedResult, tuned_sweep
+from greenkd_utils.runs.tasks.classification import RunResult, train_run
+from greenkd_utils.settings import knobs
+from greenkd_utils.settings.profiles import load_profile
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class BoundProfile:
+    """A profile (anything with ``pue`` and ``carbon_intensity_g_per_kwh``) bound to a run store, a device and
+    a data root: what every notebook's experiment has, whatever it trains."""
+
+    profile: Any
+    store: RunStore
+    device: str = "auto"
+    data_root: Optional[str] = None
+    progress: bool = True
+
+    @property
+    def pue(self) -> float:
+        return self.profile.pue
+
+    @property
+    def carbon_intensity(self) -> float:
+        return self.profile.carbon_intensity_g_per_kwh
+
+    def energy(self, report: EnergyReport) -> EnergyReport:
+        """A report re-derived with this experiment's PUE and carbon intensity."""
+        return report.with_constants(pue=self.pue, carbon_intensity_g_per_kwh=self.carbon_intensity)
+
+    def constants_note(self) -> str:
+        return (
+            f"PUE {self.pue:g} (the paper's), carbon intensity {self.carbon_intensity:g} g CO2eq/kWh; "
+            "kWh columns: energy_kwh is device energy, energy_kwh_pue includes PUE (the paper's kWh include PUE)"
+        )
+
+
+@dataclass
+class Experiment(BoundProfile):
+    """The classification profile bound to a run store: teachers, students, tuned and stochastic KD."""
+
+    def run(self, config: RunConfig) -> RunResult:
+        return train_run(config, self.store, self.device, self.data_root, self.progress)
+
+    def teacher(self, dataset: str, seed: int, model: Optional[str] = None) -> RunResult:
+        return self.run(self.profile.teacher_config(dataset, seed, model))
+
+    def student(self, dataset: str, seed: int, model: Optional[str] = None) -> RunResult:
+        return self.run(self.profile.student_config(dataset, seed, model))
+
+    def stochastic(self, dataset: str, seed: int, loss: str = "hkd", **kw) -> RunResult:
+        return self.run(self.profile.kd_config(dataset, seed, loss, self.profile.stochastic(), **kw))
+
+    def tuned(self, dataset: str, seed: int, loss: str = "hkd", taus: Optional[Sequence[float]] = None, **kw) -> TunedResult:
+        base = self.profile.kd_config(dataset, seed, loss, TemperatureSpec.fixed(1.0), **kw)
+        return tuned_sweep(base, taus or self.profile.tau_grid, self.store, self.device, self.data_root, self.progress)
+
+
+def setup(
+    profile: str = "demo",
+    results_dir: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    device: Optional[str] = None,
+    progress: bool = True,
+    **overrides,
+) -> Experiment:
+    """Load ``profile`` with ``overrides`` (None values are ignored) and open its run store.
+
+    Every knob is parsed by :mod:`greenkd_utils.settings.knobs` first, so papermill's strings
+    (``seeds="[0, 1]"``) work and a bad value (``seeds="abc"``) fails here, naming the knob,
+    before anything trains. ``results_dir`` defaults to ``$GREENKD_RESULTS`` or
+    ``<repo>/results/<profile>``.
+    """
+    values = knobs.coerce(
+        {"profile": profile, "results_dir": results_dir, "data_root": data_root, "device": device, **overrides}
+    )
+    profile, results_dir, data_root, device = (values.pop(k) for k in ("profile", "results_dir", "data_root", "device"))
+    prof = load_profile(profile, device=device, **values)
+    results_dir = results_dir or os.environ.get("GREENKD_RESULTS") or REPO_ROOT / "results" / profile
+    data_root = data_root or os.environ.get("GREENKD_DATA_ROOT")
+    if os.environ.get("GREENKD_PROGRESS") == "0":
+        progress = False
+    return Experiment(prof, RunStore(results_dir), prof.device, None if data_root is None else str(data_root), progress)
+
+
+# A notebook's first call after its parameters cell: globals().update(ex.notebook_parameters(globals())).
+notebook_parameters = knobs.parameters_from_namespace
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning runs into table rows
+# ---------------------------------------------------------------------------------------------
+# How the single-run arm's tau reads in a table, per temperature mode.
+SINGLE_RUN_TAU = {
+    "stochastic": "U[{low:g}, {high:g}] per batch",
+    "stochastic_per_sample": "U[{low:g}, {high:g}] per sample",
+    "ctkd": "learned (CTKD), within [{low:g}, {high:g}]",
+}
+
+
+def summarise(exp: Experiment, results: Sequence[RunResult | TunedResult], **keys) -> Dict[str, Any]:
+    """One table row from the per-seed results of one cell."""
+    accuracies = np.array([r.test_accuracy for r in results], dtype=float)
+    energies = [exp.energy(r.energy) for r in results]
+    sources = sorted({e.source for e in energies})
+    methods = sorted({f"{c.name}: {c.source} ({c.method})" for e in energies for c in e.components.values()})
+    row = dict(keys)
+    row.update(
+        {
+            "accuracy_pct": float(accuracies.mean()),
+            "accuracy_pct_std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
+            "n_seeds": len(results),
+            "training_gflops_millions": float(np.mean([r.training_gflops_millions for r in results])),
+            "energy_kwh": float(np.mean([e.energy_kwh for e in energies])),
+            "energy_kwh_pue": float(np.mean([e.energy_kwh_pue for e in energies])),
+            "co2_g": float(np.mean([e.co2_g for e in energies])),
+            "wall_time_s": float(np.mean([r.wall_time_s for r in results])),
+            "energy_source": "/".join(sources),
+            "energy_method": "; ".join(methods),
+        }
+    )
+    # The parts of the total, where every seed's runs recorded them (records from before phases had none).
+    by_phase = [r.energy_by_phase for r in results]
+    for phase in PHASES:
+        if by_phase and all(phase in p for p in by_phase):
+            row[f"energy_{phase}_kwh"] = float(np.mean([exp.energy(p[phase]).energy_kwh for p in by_phase]))
+    tuned = [r for r in results if isinstance(r, TunedResult)]
+    if tuned:
+        row["tau"] = "chosen on validation: " + ", ".join(f"{r.chosen_tau:g}" for r in tuned)
+        row["grid_size"] = len(tuned[0].runs)
+    elif results and results[0].tau.get("mode") in SINGLE_RUN_TAU:
+        t = results[0].tau
+        row["tau"] = SINGLE_RUN_TAU[t["mode"]].format(low=t["low"], high=t["high"])
+        row["grid_size"] = 1
+    else:
+        row["tau"] = ""
+        row["grid_size"] = 1
+    return row
+
+
+def check_losses(exp: Experiment, losses: Iterable[str]) -> None:
+    """Refuse, before anything trains, a loss the profile's options do not apply to."""
+    for loss in losses:
+        check_logit_standardization(loss, exp.profile.logit_standardization)
+
+
+def energy_ratio(table: pd.DataFrame, by: Sequence[str] = ("dataset",)) -> pd.DataFrame:
+    """Energy of the tuned sweep over the stochastic run, per group: the paper's headline (~grid size)."""
+    out = []
+    for key, group in table.groupby(list(by)):
+        tuned = group[group["method"] == "kd_tuned"]
+        stoch = group[group["method"] == "kd_stochastic"]
+        if tuned.empty or stoch.empty:
+            continue
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        row["grid_size"] = int(tuned["grid_size"].iloc[0])
+        row["energy_ratio_tuned_over_stochastic"] = float(tuned["energy_kwh"].iloc[0] / stoch["energy_kwh"].iloc[0])
+        row["flops_ratio_tuned_over_stochastic"] = float(
+            tuned["training_gflops_millions"].iloc[0] / stoch["training_gflops_millions"].iloc[0]
+        )
+        row["accuracy_difference_pct"] = float(stoch["accuracy_pct"].iloc[0] - tuned["accuracy_pct"].iloc[0])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+VERDICT_COLUMNS = (
+    "dataset", "loss", "n_seeds", "tuned_mean_pct", "stochastic_mean_pct", "difference_pct",
+    "ci_low_pct", "ci_high_pct", "margin_pct", "verdict", "energy_ratio_tuned_over_stochastic",
+)
+
+
+def verdict_table(
+    exp: Experiment, losses: Optional[Iterable[str]] = None, margin_pct: float = DEFAULT_MARGIN_PCT
+) -> pd.DataFrame:
+    """Stochastic vs tuned tau, per dataset and loss: the paired difference over the same seeds, its 95%
+    interval and the verdict against ``margin_pct`` (see :mod:`greenkd_utils.analysis.verdict`), with the energy
+    ratio of the two (tuned sweep over one stochastic run, mean over seeds)."""
+    check_margin(margin_pct)
+    check_losses(exp, losses or exp.profile.losses)
+    rows = []
+    for dataset in exp.profile.datasets:
+        for loss in losses or exp.profile.losses:
+            tuned = [exp.tuned(dataset, s, loss) for s in exp.profile.seeds]
+            stochastic = [exp.stochastic(dataset, s, loss) for s in exp.profile.seeds]
+            verdict = paired_verdict(
+                [r.test_accuracy for r in tuned], [r.test_accuracy for r in stochastic], margin_pct
+            )
+            tuned_kwh = np.mean([exp.energy(r.energy).energy_kwh for r in tuned])
+            stochastic_kwh = np.mean([exp.energy(r.energy).energy_kwh for r in stochastic])
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "loss": loss,
+                    **verdict.to_dict(),
+                    "energy_ratio_tuned_over_stochastic": float(tuned_kwh / stochastic_kwh),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+
+
+def verdict_sentence(row) -> str:
+    """The one-line reading of a :func:`verdict_table` row (a namedtuple from ``itertuples`` or a dict)."""
+    values = row._asdict() if hasattr(row, "_asdict") else dict(row)
+    fields = PairedVerdict.__dataclass_fields__
+    return PairedVerdict(**{k: values[k] for k in fields}).sentence()
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing what a notebook produces
+# ---------------------------------------------------------------------------------------------
+def output_dir_for(profile: str, output_dir: str | os.PathLike | None = None) -> Path:
+    path = Path(output_dir) if output_dir else REPO_ROOT / "figures" / profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_table(table: pd.DataFrame, output_dir: str | os.PathLike, name: str, note: str = "") -> List[Path]:
+    """``name.csv`` (full precision) and ``name.md`` (rounded, with ``note`` above it)."""
+    output_dir = Path(output_dir)
+    csv_path, md_path = output_dir / f"{name}.csv", output_dir / f"{name}.md"
+    atomic_write_bytes(csv_path, table.to_csv(index=False).encode())
+    markdown = table.to_markdown(index=False, floatfmt=".4g")
+    atomic_write_bytes(md_path, ((note + "\n\n") if note else "").encode() + markdown.encode() + b"\n")
+    return [csv_path, md_path]
+
+
+def write_summary(
+    exp: Experiment,
+    output_dir: str | os.PathLike,
+    name: str,
+    tables: Dict[str, pd.DataFrame],
+    verdicts: Optional[pd.DataFrame] = None,
+) -> Path:
+    """A small JSON beside the outputs (energy totals, constants, stochastic-vs-tuned verdicts) that
+    run_all.sh folds into its manifest."""
+    totals = {}
+    for key, table in tables.items():
+        if "energy_kwh" in table:
+            totals[key] = {
+                "energy_kwh_per_seed_sum_of_rows": float(table["energy_kwh"].sum()),
+                "co2_g_per_seed_sum_of_rows": float(table["co2_g"].sum()),
+                "energy_source": sorted(set("/".join(table["energy_source"]).split("/"))),
+            }
+    path = Path(output_dir) / f"{name}.summary.json"
+    atomic_write_json(
+        path,
+        {
+            "notebook": name,
+            "profile": exp.profile.name,
+            "pue": exp.pue,
+            "carbon_intensity_g_per_kwh": exp.carbon_intensity,
+            "device": exp.device,
+            "results_dir": str(exp.store.root),
+            "tables": totals,
+            "verdicts": [] if verdicts is None else verdicts.to_dict(orient="records"),
+        },
+    )
+    return path

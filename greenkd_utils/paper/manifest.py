@@ -1,0 +1,89 @@
+"""The manifest run_all.sh writes beside the figures: what ran, where, with what, how long, at what energy.
+
+    python -m greenkd_utils.paper.manifest --profile demo --output-dir figures/demo --timings timings.tsv
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, List
+
+from greenkd_utils.runs.store import atomic_write_json
+from greenkd_utils.runs.tasks.classification import library_versions
+
+
+def git_commit(repo: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!figures"], cwd=repo, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> Dict[str, Any]:
+    import psutil
+    import torch
+
+    info = {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def read_timings(path: Path) -> List[Dict[str, Any]]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            name, seconds, status = line.split("\t")
+            rows.append({"notebook": name, "duration_s": float(seconds), "status": status})
+    return rows
+
+
+def build_manifest(profile: str, output_dir: Path, timings: Path, repo: Path) -> Dict[str, Any]:
+    summaries = {}
+    for path in sorted(output_dir.glob("*.summary.json")):
+        summaries[path.name.removesuffix(".summary.json")] = json.loads(path.read_text())
+    notebooks = read_timings(timings)
+    # Table 1 repeats Table 4's HKD verdict: one entry per (dataset, loss).
+    verdicts = {(v["dataset"], v["loss"]): v for s in summaries.values() for v in s.get("verdicts", [])}
+    return {
+        "profile": profile,
+        "commit": git_commit(repo),
+        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hardware": hardware(),
+        "versions": library_versions(),
+        "notebooks": notebooks,
+        "total_duration_s": sum(n["duration_s"] for n in notebooks),
+        "verdicts_stochastic_vs_tuned": list(verdicts.values()),
+        "energy": summaries,
+        "energy_note": "per-notebook energy totals of the runs each table shows; 'estimated' where no sensor was readable",
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--output-dir", required=True, type=Path)
+    parser.add_argument("--timings", required=True, type=Path)
+    args = parser.parse_args(argv)
+    repo = Path(__file__).resolve().parents[2]
+    manifest = build_manifest(args.profile, args.output_dir, args.timings, repo)
+    atomic_write_json(args.output_dir / "manifest.json", manifest)
+    print(f"manifest: {args.output_dir / 'manifest.json'} ({manifest['total_duration_s']:.0f} s of notebooks)")
+
+
+if __name__ == "__main__":
+    main()

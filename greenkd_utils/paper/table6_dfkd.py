@@ -1,0 +1,331 @@
+"""Table 6 as functions: DeepInversion and CMI, each with a tuned and a stochastic temperature.
+
+``table6(exp)`` runs (or loads) every cell for the experiment's profile and
+returns the table the notebook shows, one row per (dataset, synthesizer,
+tuned|stochastic), with the synthesis and student phases side by side and
+summed; ``compare_with_paper`` sets each row beside the paper's cell.
+
+Per-profile settings live in ``configs/dfkd.yaml`` (:func:`load_dfkd_settings`);
+the teacher is the profile's ``teacher_config`` for the DFKD teacher
+architecture, so it is trained once and shared through the run store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from greenkd_utils.core.config import TemperatureSpec
+from greenkd_utils.core.dfkd.config import METHODS, DFKDConfig, SynthesisSettings
+from greenkd_utils.energy.flops import gflops_millions
+from greenkd_utils.energy.meter import EnergyReport
+from greenkd_utils.energy.phases import energy_between
+from greenkd_utils.paper import reference
+from greenkd_utils.paper.experiments import Experiment, summarise
+from greenkd_utils.paper.experiments import setup as experiment_setup
+from greenkd_utils.runs.record import RunResult
+from greenkd_utils.runs.sweep import TunedResult, tuned_sweep
+from greenkd_utils.runs.tasks.data_free import train_dfkd
+from greenkd_utils.settings import knobs
+from greenkd_utils.settings.loader import apply_overrides, load_section
+
+log = logging.getLogger(__name__)
+
+PAPER_METRICS = {
+    "accuracy_pct": "accuracy_pct",
+    "training_gflops_millions": "training_gflops_millions",
+    "energy_kwh_pue": "energy_kwh",  # the paper's kWh include its PUE
+    "co2_g": "co2_g",
+}
+
+
+@dataclass(frozen=True)
+class DFKDSettings:
+    """One profile's section of ``configs/dfkd.yaml``."""
+
+    profile: str
+    datasets: Tuple[str, ...]
+    seeds: Optional[Tuple[int, ...]]
+    tau_grid: Optional[Tuple[float, ...]]
+    teacher_model: str
+    student_model: str
+    loss: str
+    alpha: float
+    kl_reduction: str
+    kd_steps: int
+    train: Dict[str, Any]
+    methods: Dict[str, Dict[str, Any]]
+
+    def synthesis(self, method: str) -> SynthesisSettings:
+        if method not in self.methods:
+            raise ValueError(f"unknown data-free KD method {method!r}; valid: {', '.join(sorted(self.methods))}")
+        return SynthesisSettings(method=method, **self.methods[method])
+
+
+# Knobs of the Table 6 notebook that change these settings (None keeps the file's value).
+SETTINGS_KNOBS = (
+    "datasets", "seeds", "tau_grid", "methods", "epochs", "lr",
+    "student_steps", "synthesis_iterations", "synthesis_batch_size",
+)
+
+
+def load_dfkd_settings(profile: str, **overrides) -> DFKDSettings:
+    """The ``profile`` section of ``configs/dfkd.yaml`` with ``overrides`` (:data:`SETTINGS_KNOBS`).
+
+    ``epochs`` and ``lr`` are the student's, ``student_steps`` its steps per round;
+    ``synthesis_iterations`` and ``synthesis_batch_size`` apply to every synthesizer;
+    ``methods`` keeps only the listed synthesizers, in that order.
+    """
+    raw, overrides = load_section(profile, overrides, SETTINGS_KNOBS, "data-free KD setting", family="dfkd")
+    unknown = sorted(set(raw["methods"]) - set(METHODS))
+    if unknown:
+        raise ValueError(f"configs/dfkd.yaml [{profile}] names unknown methods {unknown}; valid: {', '.join(METHODS)}")
+    train = apply_overrides(raw["train"], {k: overrides[k] for k in ("epochs", "lr") if k in overrides})
+    methods = raw["methods"]
+    if "methods" in overrides:
+        missing = [m for m in overrides["methods"] if m not in methods]
+        if missing:
+            raise ValueError(f"configs/dfkd.yaml [{profile}] has no settings for {', '.join(missing)}; "
+                             f"configured: {', '.join(methods)}")
+        methods = {m: methods[m] for m in overrides["methods"]}
+    for knob, key in (("synthesis_iterations", "iterations"), ("synthesis_batch_size", "batch_size")):
+        if knob in overrides:
+            methods = {m: {**values, key: overrides[knob]} for m, values in methods.items()}
+    seeds = overrides.get("seeds", raw.get("seeds"))
+    tau_grid = overrides.get("tau_grid", raw.get("tau_grid"))
+    return DFKDSettings(
+        profile=profile,
+        datasets=tuple(overrides.get("datasets", raw["datasets"])),
+        seeds=None if seeds is None else tuple(int(s) for s in seeds),
+        tau_grid=None if tau_grid is None else tuple(float(t) for t in tau_grid),
+        teacher_model=raw["teacher_model"],
+        student_model=raw["student_model"],
+        loss=raw["loss"],
+        alpha=float(raw["alpha"]),
+        kl_reduction=raw["kl_reduction"],
+        kd_steps=int(overrides.get("student_steps", raw["kd_steps"])),
+        train=train,
+        methods=methods,
+    )
+
+
+@dataclass
+class DFKDExperiment(Experiment):
+    """An experiment that carries the Table 6 settings its notebook chose (:func:`setup`)."""
+
+    dfkd_settings: Optional[DFKDSettings] = None
+
+
+def settings_of(exp: Experiment) -> DFKDSettings:
+    """The settings ``exp`` was set up with, else ``configs/dfkd.yaml``'s for its profile."""
+    return getattr(exp, "dfkd_settings", None) or load_dfkd_settings(exp.profile.name)
+
+
+def setup(
+    profile: str = "demo",
+    results_dir=None,
+    data_root=None,
+    device: Optional[str] = None,
+    progress: bool = True,
+    teacher_epochs: Optional[int] = None,
+    pue: Optional[float] = None,
+    carbon_intensity_g_per_kwh: Optional[float] = None,
+    train_subset: Optional[int] = None,
+    test_subset: Optional[int] = None,
+    temperature_mode: Optional[str] = None,
+    logit_standardization: Optional[bool] = None,
+    **settings_overrides,
+) -> Tuple[DFKDExperiment, DFKDSettings]:
+    """The Table 6 experiment of ``profile`` and its settings; None keeps the profile's (or the file's) value.
+
+    ``teacher_epochs``, ``train_subset`` and ``test_subset`` change the profile (the teachers and the real
+    validation and test splits); ``temperature_mode`` sets the single-run arm's temperature (per batch, per
+    sample or CTKD) and ``logit_standardization`` the student loss's option, as in every KD notebook;
+    ``settings_overrides`` are :data:`SETTINGS_KNOBS`. Every value is parsed
+    by :mod:`greenkd_utils.settings.knobs` before anything is built.
+    """
+    values = knobs.coerce({
+        "profile": profile, "results_dir": results_dir, "data_root": data_root, "device": device,
+        "teacher_epochs": teacher_epochs, "pue": pue, "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh,
+        "train_subset": train_subset, "test_subset": test_subset, "temperature_mode": temperature_mode,
+        "logit_standardization": logit_standardization, **settings_overrides,
+    })
+    profile_knobs = {k: values.pop(k) for k in (
+        "profile", "results_dir", "data_root", "device", "teacher_epochs", "pue", "carbon_intensity_g_per_kwh",
+        "train_subset", "test_subset", "temperature_mode", "logit_standardization",
+    )}
+    settings = load_dfkd_settings(profile_knobs["profile"], **values)
+    base = experiment_setup(progress=progress, **profile_knobs)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    return DFKDExperiment(**fields, dfkd_settings=settings), settings
+
+
+def dfkd_config(
+    exp: Experiment,
+    method: str,
+    dataset: str,
+    seed: int,
+    temperature: TemperatureSpec,
+    settings: Optional[DFKDSettings] = None,
+    epochs: Optional[int] = None,
+) -> DFKDConfig:
+    """The run config of one cell of Table 6 under ``exp``'s profile."""
+    settings = settings or settings_of(exp)
+    profile = exp.profile
+    train_changes = dict(settings.train)
+    if epochs is not None:
+        train_changes["epochs"] = int(epochs)
+    return DFKDConfig(
+        dataset=dataset,
+        model=settings.student_model,
+        teacher=profile.teacher_config(dataset, seed, settings.teacher_model),
+        synthesis=settings.synthesis(method),
+        temperature=temperature,
+        seed=seed,
+        train=profile.train_settings("student", **train_changes),
+        kd_steps=settings.kd_steps,
+        loss=settings.loss,
+        alpha=settings.alpha,
+        kl_reduction=settings.kl_reduction,
+        profile=profile.name,
+        val_fraction=profile.val_fraction,
+        train_subset=profile.train_subset,
+        test_subset=profile.test_subset,
+        logit_standardization=profile.logit_standardization,
+    )
+
+
+@dataclass
+class Table6:
+    """What :func:`table6` returns: the table, the per-tau runs behind it, and where they live."""
+
+    table: pd.DataFrame
+    grid: pd.DataFrame
+    results: Dict[Tuple[str, str, str], List[Any]] = field(default_factory=dict)  # (dataset, dfkd_method, method) -> per seed
+
+    def samples(self, exp: Experiment, dataset: str, method: str, which: str = "kd_stochastic"):
+        """The newest synthesized round of the first seed's run (images uint8, targets)."""
+        first = self.results[(dataset, method, which)][0]
+        run = first.chosen if isinstance(first, TunedResult) else first
+        return run.load_samples(exp.store)
+
+    def class_names(self, dataset: str) -> List[str]:
+        for (name, _, _), cell in self.results.items():
+            if name == dataset:
+                return list(_runs_of(cell[0])[0].data["class_names"])
+        raise ValueError(f"no run of dataset {dataset!r}; have: {', '.join(sorted({k[0] for k in self.results}))}")
+
+
+def _runs_of(result) -> List[RunResult]:
+    return list(result.runs) if isinstance(result, TunedResult) else [result]
+
+
+def synthesis_energy(run: RunResult) -> EnergyReport:
+    return run.energy_of("synthesis")
+
+
+def student_energy(run: RunResult) -> EnergyReport:
+    """Everything but synthesis: the student's steps, the evaluation passes and checkpoint writes."""
+    return energy_between(run.energy, run.energy_of("synthesis"))
+
+
+def phase_columns(exp: Experiment, results: Sequence[Any]) -> Dict[str, float]:
+    """Synthesis and student phases of one cell, per seed (mean over seeds; a tuned seed sums its grid)."""
+    per_seed = []
+    for result in results:
+        runs = _runs_of(result)
+        synthesis = exp.energy(EnergyReport.total(synthesis_energy(r) for r in runs))
+        student = exp.energy(EnergyReport.total(student_energy(r) for r in runs))
+        per_seed.append(
+            {
+                "synthesis_gflops_millions": sum(gflops_millions(r.flops_of("synthesis")) for r in runs),
+                "student_gflops_millions": sum(gflops_millions(r.flops_of("training")) for r in runs),
+                "energy_synthesis_kwh": synthesis.energy_kwh,
+                "energy_student_kwh": student.energy_kwh,
+                "energy_synthesis_kwh_pue": synthesis.energy_kwh_pue,
+                "energy_student_kwh_pue": student.energy_kwh_pue,
+                "co2_synthesis_g": synthesis.co2_g,
+                "co2_student_g": student.co2_g,
+                "wall_time_synthesis_s": sum(r.wall_time_by_phase.get("synthesis", 0.0) for r in runs),
+                "teacher_accuracy_pct": runs[0].teacher_test_accuracy,
+            }
+        )
+    columns = {key: float(np.mean([row[key] for row in per_seed])) for key in per_seed[0]}
+    total = columns["energy_synthesis_kwh"] + columns["energy_student_kwh"]
+    columns["synthesis_share_of_energy"] = columns["energy_synthesis_kwh"] / total if total > 0 else float("nan")
+    return columns
+
+
+def table6(
+    exp: Experiment,
+    methods: Optional[Sequence[str]] = None,
+    datasets: Optional[Sequence[str]] = None,
+    seeds: Optional[Sequence[int]] = None,
+    tau_grid: Optional[Sequence[float]] = None,
+    epochs: Optional[int] = None,
+) -> Table6:
+    """Every cell of Table 6 for ``exp``'s profile; None = the settings of ``configs/dfkd.yaml``
+    (seeds and tau grid fall back to the profile's when the file leaves them null); an experiment from
+    :func:`setup` brings the settings its notebook chose."""
+    settings = settings_of(exp)
+    methods = list(methods or settings.methods)
+    datasets = list(datasets or settings.datasets)
+    seeds = list(seeds or settings.seeds or exp.profile.seeds)
+    taus = [float(t) for t in (tau_grid or settings.tau_grid or exp.profile.tau_grid)]
+    if len(taus) < 1:
+        raise ValueError("the tau grid of the tuned baseline is empty")
+    rows, grid_rows, results = [], [], {}
+    for dataset in datasets:
+        for method in methods:
+            tuned, stochastic = [], []
+            for seed in seeds:
+                make = lambda t: dfkd_config(exp, method, dataset, seed, t, settings, epochs)  # noqa: E731
+                sweep = tuned_sweep(make(TemperatureSpec.fixed(1.0)), taus, exp.store, exp.device, exp.data_root, exp.progress)
+                stoch = train_dfkd(make(exp.profile.stochastic()), exp.store, exp.device, exp.data_root, exp.progress)
+                tuned.append(sweep)
+                stochastic.append(stoch)
+                for run in sweep.runs:
+                    grid_rows.append(_grid_row(dataset, method, seed, run, chosen=run is sweep.chosen))
+                grid_rows.append(_grid_row(dataset, method, seed, stoch, chosen=False))
+            for which, cell in (("kd_tuned", tuned), ("kd_stochastic", stochastic)):
+                results[(dataset, method, which)] = cell
+                row = summarise(
+                    exp, cell, dataset=dataset, dfkd_method=method, method=which,
+                    teacher=settings.teacher_model, student=settings.student_model,
+                )
+                row.update(phase_columns(exp, cell))
+                rows.append(row)
+    return Table6(pd.DataFrame(rows), pd.DataFrame(grid_rows), results)
+
+
+def _grid_row(dataset: str, method: str, seed: int, run: RunResult, chosen: bool) -> Dict[str, Any]:
+    spec = run.config.temperature
+    return {
+        "dataset": dataset,
+        "dfkd_method": method,
+        "seed": seed,
+        "temperature": "fixed" if spec.mode == "fixed" else "stochastic",
+        "tau": spec.tau if spec.mode == "fixed" else float("nan"),
+        "tau_label": spec.short(),
+        "val_accuracy_pct": run.val_accuracy,
+        "test_accuracy_pct": run.test_accuracy,
+        "chosen_on_validation": chosen,
+        "synthesis_gflops_millions": gflops_millions(run.flops_of("synthesis")),
+        "student_gflops_millions": gflops_millions(run.flops_of("training")),
+        "energy_synthesis_kwh": synthesis_energy(run).energy_kwh,
+        "energy_student_kwh": student_energy(run).energy_kwh,
+        "energy_source": run.energy.source,
+        "wall_time_s": run.wall_time_s,
+    }
+
+
+def compare_with_paper(table: pd.DataFrame) -> pd.DataFrame:
+    """Each row's accuracy, GFLOPs (M) (synthesis included), kWh with PUE and CO2 beside the paper's."""
+    ours = table.assign(loss=table["dfkd_method"])  # the reference names the synthesizer in its 'loss' column
+    comparison = reference.compare_with_paper(ours, "table6", PAPER_METRICS, keys=("dataset", "method"), extra_match=("loss",))
+    return comparison.rename(columns={"loss": "dfkd_method"})

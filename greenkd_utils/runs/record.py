@@ -1,0 +1,128 @@
+"""The one record of a finished run (``result.json``), whatever kind of run it was.
+
+Every run has the same core: accuracy (the task's headline metric in percent: top-1 accuracy, or mAP for a
+detector), energy in total and by phase, FLOPs, wall time, the temperature it used, its per-epoch history and
+its provenance. What only one kind of run has (a data-free run's teacher accuracy, a detector's per-class AP,
+a QAT run's int8 size) lives in ``extras`` and reads as an attribute: ``result.model_size``.
+
+Records written before the lifecycle was unified (their extras at the top level, a detector's mAP under
+``test_map_pct``, a data-free run's energy split into ``energy_synthesis`` and ``energy_student``) load
+unchanged: :meth:`RunResult.from_dict` moves each field where it belongs now.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from greenkd_utils.energy.flops import gflops_millions
+from greenkd_utils.energy.meter import EnergyReport
+
+# The fields every record has; anything else a task writes goes to ``extras``.
+CORE_FIELDS = (
+    "key", "name", "task", "config", "test_accuracy", "val_accuracy", "energy", "energy_by_phase",
+    "wall_time_s", "wall_time_by_phase", "flops", "tau", "history", "data", "versions", "device",
+    "finished_at", "metered_region",
+)
+
+
+@dataclass
+class RunResult:
+    """One finished run. ``config`` is the task's own config type (``RunConfig``, ``DFKDConfig``, ...)."""
+
+    key: str
+    name: str
+    config: Any
+    test_accuracy: float
+    val_accuracy: float
+    energy: EnergyReport
+    flops: Dict[str, Any]
+    wall_time_s: float
+    tau: Dict[str, Any]
+    history: List[Dict[str, Any]]
+    data: Dict[str, Any]
+    versions: Dict[str, str]
+    device: str
+    finished_at: str
+    task: str = "classification"
+    energy_by_phase: Dict[str, EnergyReport] = field(default_factory=dict)
+    wall_time_by_phase: Dict[str, float] = field(default_factory=dict)
+    metered_region: str = ""
+    extras: Dict[str, Any] = field(default_factory=dict)
+    run_dir: str = ""
+
+    # -- task-specific fields and methods read as attributes -------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names the dataclass does not have.
+        if name.startswith("__") or name in ("extras", "task"):
+            raise AttributeError(name)
+        extras = self.__dict__.get("extras", {})
+        if name in extras:
+            return extras[name]
+        method = _task_type(self.__dict__.get("task", "")).result_methods.get(name)
+        if method is not None:
+            return lambda *args, **kwargs: method(self, *args, **kwargs)
+        if name.startswith("energy_") and name[len("energy_"):] in self.__dict__.get("energy_by_phase", {}):
+            return self.energy_by_phase[name[len("energy_"):]]
+        raise AttributeError(f"{type(self).__name__} of a {self.__dict__.get('task')} run has no field {name!r}")
+
+    # -- derived numbers --------------------------------------------------------------------------
+    @property
+    def training_flops(self) -> float:
+        return float(self.flops["training_flops"])
+
+    @property
+    def training_gflops_millions(self) -> float:
+        return gflops_millions(self.training_flops)
+
+    def flops_of(self, phase: str) -> float:
+        """FLOPs of one phase (``training``, ``synthesis``, ``evaluation``); 0 for a phase the run did not have."""
+        return float(self.flops.get("by_phase", {}).get(phase, 0.0))
+
+    def energy_of(self, phase: str) -> Optional[EnergyReport]:
+        """Energy of one phase of the metered region; None for a phase the run did not have or did not record."""
+        return self.energy_by_phase.get(phase)
+
+    def load_model(self, store, device="cpu"):
+        """The trained network in eval mode, its weights checked against their digest and loaded with
+        ``weights_only=True``."""
+        return _task_type(self.task).load_model(self, store, device)
+
+    # -- serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        d = {name: getattr(self, name) for name in CORE_FIELDS}
+        d["config"] = self.config.to_dict()
+        d["energy"] = self.energy.to_dict()
+        d["energy_by_phase"] = {k: v.to_dict() for k, v in self.energy_by_phase.items()}
+        d["extras"] = dict(self.extras)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], run_dir: str | os.PathLike = "") -> "RunResult":
+        d = dict(d)
+        d.pop("integrity", None)  # the store's seal
+        task_type = _task_type(d.get("task")) if d.get("task") else _task_of_config(d["config"])
+        d = task_type.upgrade_record(d)
+        extras = dict(d.pop("extras", {}))
+        for name in list(d):
+            if name not in CORE_FIELDS and name != "run_dir":
+                extras[name] = d.pop(name)
+        d["task"] = task_type.name
+        d["config"] = task_type.config_type.from_dict(d["config"])
+        d["energy"] = EnergyReport.from_dict(d["energy"])
+        d["energy_by_phase"] = {k: EnergyReport.from_dict(v) for k, v in d.get("energy_by_phase", {}).items()}
+        d["run_dir"] = str(run_dir or d.get("run_dir", ""))
+        return cls(**d, extras=extras)
+
+
+def _task_type(name: Optional[str]):
+    from greenkd_utils.runs.lifecycle import task_named
+
+    return task_named(name or "classification")
+
+
+def _task_of_config(config_dict: Dict[str, Any]):
+    from greenkd_utils.runs.lifecycle import task_for_config_dict
+
+    return task_for_config_dict(config_dict)

@@ -1,0 +1,280 @@
+"""A cheaper tuned baseline: successive halving over the tau grid instead of training every grid value in full.
+
+Each grid value is one Optuna trial (a ``GridSampler`` over the taus): a fixed-tau KD run trained epoch by
+epoch that reports its validation accuracy after every epoch to Optuna's ``SuccessiveHalvingPruner``. At
+each rung (``min_epochs`` x ``reduction_factor``^k epochs) a trial goes on only if its validation accuracy is
+in the top 1/``reduction_factor`` of the trials that reached that rung so far; otherwise it stops there.
+The winner is chosen on validation among the trials that ran to full length, as in the grid
+(:func:`~greenkd_utils.runs.sweep.choose_on_validation`), and its accuracy is that run's test accuracy.
+
+How a trial stops early without faking a finished run: training up to rung k < the full length is a run of
+its own, the *truncated* config (:func:`truncated`: the full run's schedule, milestones and warm-up
+included, with ``epochs`` = k). It has its own key in the run store, so it is never mistaken for the
+full-length run, and it is exactly the first k epochs of that run. A truncated run keeps its final training
+state, and the next truncated rung starts from it (as an interrupted run resumes from its checkpoint)
+instead of retraining those epochs. The last rung is the full-length config itself, trained from scratch or
+loaded like any run: the very run the grid trains, so that the two searches share it exactly (a cache hit
+whichever runs first) and a shared run's record never depends on which search trained it.
+
+The bill is every run the search started, cached or not, at the cost recorded when it was trained (a cached
+run is never free): for each trial, its truncated runs and, if it reached the last rung, its full-length
+run. A truncated run that continued the previous one carries that run's epochs in its own history, energy
+and FLOPs, so the previous one is not counted twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from greenkd_utils.core.config import RunConfig, TemperatureSpec
+from greenkd_utils.runs.lifecycle import train as train_run
+from greenkd_utils.runs.record import RunResult
+from greenkd_utils.runs.store import CHECKPOINT_FILE, RunStore, atomic_write_bytes
+from greenkd_utils.runs.sweep import TunedResult, check_tau_search, choose_on_validation
+
+log = logging.getLogger(__name__)
+
+# A truncated run's last checkpoint, kept after it finishes so that the next rung can continue from it.
+RESUME_STATE_FILE = "resume_state.pt"
+
+# History entries that only the training that produced a record can have written.
+_TRAINING_FINGERPRINT = ("epoch", "samples_seen", "energy_kwh", "wall_time_s")
+
+
+@dataclass(frozen=True)
+class HalvingSettings:
+    """Rungs at ``min_epochs`` x ``reduction_factor``^k epochs (below the run's length), then the full run."""
+
+    min_epochs: int = 1
+    reduction_factor: int = 3
+    seed: int = 0  # the order in which the grid sampler visits the taus
+
+    def __post_init__(self):
+        if int(self.min_epochs) < 1:
+            raise ValueError(f"min_epochs must be >= 1; got {self.min_epochs}")
+        if int(self.reduction_factor) < 2:
+            raise ValueError(f"reduction_factor must be >= 2; got {self.reduction_factor}")
+        object.__setattr__(self, "min_epochs", int(self.min_epochs))
+        object.__setattr__(self, "reduction_factor", int(self.reduction_factor))
+
+    def rungs(self, epochs: int) -> Tuple[int, ...]:
+        """The epochs at which a trial is compared with the others, ending with the full ``epochs``."""
+        out, rung = [], self.min_epochs
+        while rung < epochs:
+            out.append(rung)
+            rung *= self.reduction_factor
+        return tuple(out) + (int(epochs),)
+
+
+def truncated(config: RunConfig, epochs: int) -> RunConfig:
+    """The first ``epochs`` epochs of ``config``: the same schedule (warm-up, milestones) stopped early.
+
+    The learning rate of a step depends on the step, the warm-up and the milestones, never on the run's
+    length, so this run is numerically the first ``epochs`` epochs of ``config``; its key differs.
+    """
+    if not 1 <= epochs <= config.train.epochs:
+        raise ValueError(f"a truncated run needs 1 <= epochs <= {config.train.epochs}; got {epochs}")
+    return config.replace(train=dataclasses.replace(config.train, epochs=int(epochs)))
+
+
+@dataclass
+class HalvingTrial:
+    """One grid value's trial: its runs (one per rung reached), validation accuracy per epoch, where it stopped."""
+
+    tau: float
+    runs: List[RunResult] = field(default_factory=list)
+    val_accuracy_per_epoch: List[float] = field(default_factory=list)
+    pruned: bool = False
+
+    @property
+    def stopped_at_epoch(self) -> int:
+        return len(self.val_accuracy_per_epoch)
+
+    @property
+    def billed_runs(self) -> List[RunResult]:
+        """The runs this trial paid for: all of them but a truncated run that the next one continued."""
+        later = self.runs[1:] + [None]
+        return [run for run, successor in zip(self.runs, later) if successor is None or not continues(successor, run)]
+
+
+def continues(longer: RunResult, shorter: RunResult) -> bool:
+    """Whether ``longer`` was trained on from ``shorter``'s final state: its first epochs are ``shorter``'s own
+    records, measured times and energies included, which a run trained on its own cannot repeat."""
+    n = len(shorter.history)
+    if len(longer.history) < n:
+        return False
+    return all(
+        all(a.get(k) == b.get(k) for k in _TRAINING_FINGERPRINT) for a, b in zip(longer.history[:n], shorter.history)
+    )
+
+
+@dataclass
+class HalvingResult(TunedResult):
+    """A :class:`TunedResult` whose ``runs`` are every run the search paid for (truncated ones included, in
+    trial and rung order) and whose ``chosen`` is the full-length run of the tau chosen on validation."""
+
+    trials: List[HalvingTrial] = field(default_factory=list)
+    rungs: Tuple[int, ...] = ()
+    settings: HalvingSettings = field(default_factory=HalvingSettings)
+
+    @property
+    def grid(self) -> List[float]:
+        return [t.tau for t in self.trials]
+
+    @property
+    def n_trials(self) -> int:
+        return len(self.trials)
+
+    @property
+    def pruned_taus(self) -> List[float]:
+        return [t.tau for t in self.trials if t.pruned]
+
+    @property
+    def all_runs(self) -> List[RunResult]:
+        """Every run of every trial, in trial and rung order (``runs`` leaves out those a later one continued)."""
+        return [run for t in self.trials for run in t.runs]
+
+
+class _KeepFinalState(RunStore):
+    """``root``'s run store, except that the run ``keep`` keeps its last checkpoint when it finishes."""
+
+    def __init__(self, root: str | os.PathLike, keep: RunConfig):
+        super().__init__(root)
+        self._keep = keep.key
+
+    def get_or_run(self, config, train):
+        if config.key != self._keep:
+            return super().get_or_run(config, train)
+
+        def train_and_keep(run_dir: Path):
+            record = train(run_dir)
+            # The store deletes a finished run's checkpoint; the next rung starts from this one.
+            checkpoint = Path(run_dir) / CHECKPOINT_FILE
+            if checkpoint.is_file():
+                os.replace(checkpoint, Path(run_dir) / RESUME_STATE_FILE)
+            return record
+
+        return super().get_or_run(config, train_and_keep)
+
+
+def _continue_from(previous: Optional[RunConfig], config: RunConfig, store: RunStore) -> None:
+    """Seed ``config``'s checkpoint with ``previous``'s final state, so that training resumes after it."""
+    if previous is None or store.is_finished(config):
+        return
+    state = store.run_dir(previous) / RESUME_STATE_FILE
+    if not state.is_file():
+        return
+    with store.lock(config):
+        target = store.run_dir(config) / CHECKPOINT_FILE
+        if store.is_finished(config) or target.exists():  # a run of its own, or an interrupted one: resume that
+            return
+        atomic_write_bytes(target, state.read_bytes())
+        log.info("%s continues from the %d-epoch run", config.name, previous.train.epochs)
+
+
+def _drop_resume_state(config: RunConfig, store: RunStore) -> None:
+    (store.run_dir(config) / RESUME_STATE_FILE).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_optuna(optuna) -> Iterator[None]:
+    # Optuna logs a line per trial; the runs' own progress bars and logs say more.
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def _import_optuna():
+    try:
+        import optuna
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("successive halving needs Optuna: pip install optuna") from err
+    return optuna
+
+
+def successive_halving_sweep(
+    base: RunConfig,
+    taus: Iterable[float],
+    store: RunStore,
+    device="auto",
+    data_root=None,
+    progress: bool = True,
+    settings: HalvingSettings = HalvingSettings(),
+    train: Callable[..., RunResult] = train_run,
+) -> HalvingResult:
+    """Successive halving over fixed taus of ``base`` (a KD config); cached runs are loaded, never retrained.
+
+    Every trial's full-length config is ``base`` with a fixed tau: the run :func:`~greenkd_utils.runs.sweep.tuned_sweep`
+    trains for that tau. ``train`` is the function that trains or loads one run (the lifecycle's ``train``).
+    """
+    check_tau_search(base)
+    taus = [float(t) for t in taus]
+    if not taus:
+        raise ValueError("the tau grid is empty")
+    if len(set(taus)) != len(taus):
+        raise ValueError(f"the tau grid has repeated values: {taus}")
+    optuna = _import_optuna()
+    rungs = settings.rungs(base.train.epochs)
+    full = {tau: base.replace(temperature=TemperatureSpec.fixed(tau)) for tau in taus}
+    trials: Dict[float, HalvingTrial] = {}
+
+    def run_trial(trial) -> float:
+        tau = float(trial.suggest_categorical("tau", taus))
+        record = trials[tau] = HalvingTrial(tau)
+        previous: Optional[RunConfig] = None
+        for rung in rungs:
+            if rung == rungs[-1]:  # the grid's own run, never seeded from a truncated one
+                config = full[tau]
+                run = train(config, store, device, data_root, progress)
+            else:
+                config = truncated(full[tau], rung)
+                _continue_from(previous, config, store)
+                run = train(config, _KeepFinalState(store.root, config), device, data_root, progress)
+            if previous is not None:
+                _drop_resume_state(previous, store)
+            record.runs.append(run)
+            for row in run.history[record.stopped_at_epoch:]:
+                trial.report(float(row["val_accuracy"]), step=int(row["epoch"]))
+                record.val_accuracy_per_epoch.append(float(row["val_accuracy"]))
+                # A finished full-length run has nothing left to save: pruning it would only drop its result.
+                if int(row["epoch"]) < base.train.epochs and trial.should_prune():
+                    record.pruned = True
+                    raise optuna.TrialPruned()
+            previous = config
+        return float(run.val_accuracy)
+
+    with _quiet_optuna(optuna):
+        study = optuna.create_study(
+            direction="maximize",
+            sampler=optuna.samplers.GridSampler({"tau": taus}, seed=settings.seed),
+            pruner=optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=rungs[0], reduction_factor=settings.reduction_factor, min_early_stopping_rate=0
+            ),
+        )
+        study.optimize(run_trial, n_trials=len(taus))
+
+    ordered = [trials[tau] for tau in taus]  # grid order, so that ties go to the earlier grid value
+    chosen = choose_on_validation([t.runs[-1] for t in ordered if not t.pruned])
+    result = HalvingResult(
+        runs=[run for t in ordered for run in t.billed_runs],
+        chosen=chosen,
+        trials=ordered,
+        rungs=rungs,
+        settings=settings,
+    )
+    log.info(
+        "successive halving %s: tau=%g chosen on validation (%.2f%%); %d of %d taus stopped early; %d epochs "
+        "instead of the grid's %d",
+        base.name, chosen.config.temperature.tau, chosen.val_accuracy, len(result.pruned_taus), len(taus),
+        result.epochs_trained, len(taus) * base.train.epochs,
+    )
+    return result

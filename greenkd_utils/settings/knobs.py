@@ -1,0 +1,487 @@
+"""The notebooks' knobs: one registry of names, what each accepts, and the parser that enforces it.
+
+A knob reaches the library in many shapes. papermill's ``-p seeds '[0, 1]'`` passes the
+*string* ``"[0, 1]"``, ``-p seeds 3`` an int, ``-y`` and ``parameters={...}`` real YAML
+or Python values; someone at a JupyterLab prompt types ``seeds = "0,1"``. Every setup
+function (:func:`greenkd_utils.paper.experiments.setup` and the ones of Tables 6, 7, 8, the
+detection column and Figure 3) sends its keyword arguments through :func:`coerce`, so
+each of these works and anything else fails before a single run starts, with an error
+that names the knob and says what it accepts.
+
+:func:`parameters_from_namespace` is the notebook side (``ex.notebook_parameters``):
+called first in the cell after a notebook's ``parameters`` cell, it refuses names that
+papermill injected but the notebook does not declare (papermill itself only warns), and
+parses the declared ones.
+
+``None`` always means "the profile's value" (or the notebook's setting), except for
+``profile``. The old names ``dataset`` and ``carbon_intensity`` still work, with a
+``FutureWarning``, as :data:`ALIASES` of ``datasets`` and ``carbon_intensity_g_per_kwh``.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import numbers
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import yaml
+
+from greenkd_utils.core.checks import is_bool
+
+__all__ = [
+    "KNOBS",
+    "ALIASES",
+    "Knob",
+    "parse",
+    "coerce",
+    "describe",
+    "parameters_from_namespace",
+]
+
+# papermill's injected cell starts with this line (papermill.parameterize, "# Parameters").
+INJECTED_CELL_HEADER = "# Parameters"
+
+
+class _Refused(ValueError):
+    """Raised inside a parser; :func:`parse` turns it into the error a user sees."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    accepts: str
+    parse: Callable[[Any], Any]
+    help: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading what papermill and people send
+# ---------------------------------------------------------------------------------------------
+_NONE_TEXT = {"", "none", "null", "~"}
+
+
+def _text_value(value: Any) -> Any:
+    """A string as papermill's ``-p`` sends it, read as the value it spells; other values unchanged.
+
+    ``"[0, 1]"`` and ``"{...}"`` are YAML; ``"0,1"`` is a list; ``"3"`` and ``"2.5"`` numbers;
+    ``"None"``/``"null"``/``""`` None; anything else stays a string. Plain scalars are not read
+    as YAML, whose 1.1 rules would turn ``"yes"`` into True and ``"1:20"`` into 80.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in _NONE_TEXT:
+        return None
+    if text[:1] in "[{":
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise _Refused(f"it is not valid YAML ({str(error).splitlines()[0]})") from None
+    if "," in text:
+        return [_scalar_text(part) for part in text.split(",") if part.strip()]
+    return _scalar_text(text)
+
+
+def _scalar_text(text: str) -> Any:
+    text = text.strip()
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _number_from(value: Any) -> Any:
+    """The value papermill or a caller gave, read as a number where it is text; a boolean is refused."""
+    if is_bool(value):
+        raise _Refused("a boolean is not a number")
+    return _scalar_text(value) if isinstance(value, str) else value
+
+
+def _integer(value: Any) -> int:
+    value = _number_from(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise _Refused("it is not a whole number")
+
+
+def _real(value: Any) -> float:
+    value = _number_from(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise _Refused("it is not a number")
+
+
+def _items(value: Any) -> List[Any]:
+    """A list from a list, tuple, range, array or a single value (one item)."""
+    value = _text_value(value)
+    if isinstance(value, (list, tuple, range)) or type(value).__name__ == "ndarray":
+        items = list(value)
+    elif isinstance(value, Mapping) or isinstance(value, (set, frozenset)):
+        raise _Refused("it is not a list")
+    else:
+        items = [value]
+    if not items:
+        raise _Refused("the list is empty")
+    return items
+
+
+def _no_repeats(items: List[Any]) -> List[Any]:
+    repeated = sorted({repr(x) for x in items if items.count(x) > 1})
+    if repeated:
+        raise _Refused(f"{', '.join(repeated)} is listed more than once")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers: each takes the raw value (None already handled) and returns the clean one
+# ---------------------------------------------------------------------------------------------
+def _int_at_least(low: int) -> Callable[[Any], int]:
+    def parse_int(value: Any) -> int:
+        number = _integer(_text_value(value))
+        if number < low:
+            raise _Refused(f"it is below {low}")
+        return number
+
+    return parse_int
+
+
+def _float_where(check: Callable[[float], bool], rule: str) -> Callable[[Any], float]:
+    def parse_float(value: Any) -> float:
+        number = _real(_text_value(value))
+        if not math.isfinite(number) or not check(number):
+            raise _Refused(f"it must be {rule}")
+        return number
+
+    return parse_float
+
+
+def _list_of(parse_item: Callable[[Any], Any]) -> Callable[[Any], List[Any]]:
+    def parse_list(value: Any) -> List[Any]:
+        parsed = []
+        for item in _items(value):
+            try:
+                parsed.append(parse_item(item))
+            except _Refused as reason:
+                raise _Refused(f"{item!r}: {reason}") from None
+        return _no_repeats(parsed)
+
+    return parse_list
+
+
+def _choice(choices: Callable[[], Sequence[str]], what: str) -> Callable[[Any], str]:
+    def parse_choice(value: Any) -> str:
+        value = _text_value(value)
+        valid = tuple(choices())
+        if not isinstance(value, str) or value not in valid:
+            raise _Refused(f"unknown {what}; valid: {', '.join(valid)}")
+        return value
+
+    return parse_choice
+
+
+def _folder(value: Any) -> Optional[str]:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, str):
+        return value.strip() or None
+    raise _Refused("it is not a folder path (a string)")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _device(value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE.match(value.strip()):
+        raise _Refused("unknown device")
+    return value.strip()
+
+
+def _profiles() -> Sequence[str]:
+    from greenkd_utils.settings.profiles import PROFILES
+
+    return PROFILES
+
+
+def _datasets() -> Sequence[str]:
+    from greenkd_utils.core.data import DATASETS
+
+    return DATASETS
+
+
+def _kd_losses() -> Sequence[str]:
+    from greenkd_utils.core.losses import KD_LOSSES
+
+    return sorted(KD_LOSSES)
+
+
+def _models() -> Sequence[str]:
+    from greenkd_utils.core.models import MODELS
+
+    return sorted(MODELS)
+
+
+def _dfkd_methods() -> Sequence[str]:
+    from greenkd_utils.core.dfkd.config import METHODS
+
+    return METHODS
+
+
+def _qat_backends() -> Sequence[str]:
+    from greenkd_utils.core.quantization import BACKENDS
+
+    return ("auto",) + tuple(BACKENDS)
+
+
+def _gradcam_targets() -> Sequence[str]:
+    from greenkd_utils.analysis.gradcam import TARGETS
+
+    return TARGETS
+
+
+def _temperature_modes() -> Sequence[str]:
+    from greenkd_utils.settings.profiles import STOCHASTIC_ARM_MODES
+
+    return STOCHASTIC_ARM_MODES
+
+
+def _boolean(value: Any) -> bool:
+    if is_bool(value):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
+        return value.strip().lower() in ("true", "yes")
+    raise _Refused("it is not true or false")
+
+
+_positive_int = _int_at_least(1)
+_tau = _float_where(lambda t: t > 0, "> 0 and finite")
+
+_KNOB_LIST = [
+    Knob("profile", "a profile name", _choice(_profiles, "profile"),
+         "which scale: smoke (seconds), demo (digits on a CPU) or paper (the paper's data and settings)"),
+    Knob("datasets", "a list of dataset names, e.g. [cifar10, cifar100] or \"cifar10,cifar100\" (a notebook "
+         "that shows one dataset uses the first)", _list_of(_choice(_datasets, "dataset")),
+         "the datasets to train on"),
+    Knob("seeds", "a list of whole numbers >= 0, e.g. [0, 1] or \"0,1\" (a single number is one seed)",
+         _list_of(_int_at_least(0)), "the seeds; accuracies are means over them"),
+    Knob("epochs", "a whole number >= 1", _positive_int, "epochs of the student and KD runs"),
+    Knob("teacher_epochs", "a whole number >= 1", _positive_int,
+         "epochs of the teachers (another value trains new teachers)"),
+    Knob("lr", "a number > 0", _float_where(lambda v: v > 0, "> 0 and finite"),
+         "learning rate of the student and KD runs"),
+    Knob("tau_grid", "a list of temperatures > 0, e.g. [1, 2, 4] or \"1,2,4\"", _list_of(_tau),
+         "the fixed taus of the tuned baseline (one full training each)"),
+    Knob("losses", "a list of KD losses, e.g. [hkd, cmc, dml]", _list_of(_choice(_kd_losses, "KD loss")),
+         "the KD losses to compare"),
+    Knob("loss", "a KD loss name", _choice(_kd_losses, "KD loss"),
+         "the KD loss of the tuned and stochastic runs shown"),
+    Knob("seed", "a whole number >= 0", _int_at_least(0), "which seed's models are shown"),
+    Knob("teacher_model", "a model name", _choice(_models, "model"), "the teacher's architecture"),
+    Knob("student_model", "a model name", _choice(_models, "model"), "the student's architecture"),
+    Knob("device", "cpu, cuda, cuda:N, mps or auto", _device, "where to train"),
+    Knob("data_root", "a folder path", _folder, "the folder holding the paper's datasets"),
+    Knob("results_dir", "a folder path", _folder, "the run store (one folder per run)"),
+    Knob("output_dir", "a folder path", _folder, "where tables and figures are written"),
+    Knob("pue", "a number >= 1", _float_where(lambda v: v >= 1, ">= 1 and finite"),
+         "power usage effectiveness of the data centre (the paper's: 1.67)"),
+    Knob("carbon_intensity_g_per_kwh", "a number >= 0 (g CO2eq per kWh)",
+         _float_where(lambda v: v >= 0, ">= 0 and finite"), "grams of CO2eq per kWh of electricity"),
+    Knob("train_subset", "a whole number >= 1 (images)", _positive_int,
+         "train on a class-stratified subset of this many training images"),
+    Knob("test_subset", "a whole number >= 1 (images)", _positive_int,
+         "test on a class-stratified subset of this many test images"),
+    Knob("batch_sizes", "a list of whole numbers >= 1, e.g. [64, 128]", _list_of(_positive_int),
+         "the batch sizes of Figure 3 (b)"),
+    Knob("min_inference_s", "a number > 0 (seconds)", _float_where(lambda v: v > 0, "> 0 and finite"),
+         "repeat test-set passes until the metered block lasts this long"),
+    Knob("inference_batch_size", "a whole number >= 1", _positive_int, "batch size of the inference passes"),
+    Knob("example_class", "a whole number >= 0 (a class index)", _int_at_least(0),
+         "Figure 4 (a) shows the first test image of this class"),
+    Knob("gradcam_images", "a whole number >= 1", _positive_int, "how many test images Grad-CAM explains"),
+    Knob("gradcam_target", "a Grad-CAM target name", _choice(_gradcam_targets, "Grad-CAM target"),
+         "explain the true class or the model's top class"),
+    Knob("qat_backend", "auto or a quantization backend name", _choice(_qat_backends, "quantization backend"),
+         "the int8 kernels of quantization-aware training"),
+    Knob("qat_epochs", "a whole number >= 1", _positive_int, "epochs of quantization-aware fine-tuning"),
+    Knob("methods", "a list of data-free KD synthesizers, e.g. [cmi, deepinversion]",
+         _list_of(_choice(_dfkd_methods, "data-free KD method")), "the synthesizers of Table 6"),
+    Knob("synthesis_iterations", "a whole number >= 1", _positive_int,
+         "optimisation steps of one synthesis round (data-free KD)"),
+    Knob("synthesis_batch_size", "a whole number >= 2", _int_at_least(2),
+         "images synthesized per round (data-free KD)"),
+    Knob("student_steps", "a whole number >= 1", _positive_int,
+         "student steps after each synthesis round (data-free KD)"),
+    Knob("image_size", "a whole number >= 16 (pixels)", _int_at_least(16),
+         "side of the square images the detectors see"),
+    Knob("temperature_mode", "stochastic, stochastic_per_sample or ctkd",
+         _choice(_temperature_modes, "temperature mode"),
+         "how the single-run arm sets tau: per batch (the paper's), per sample, or learned (CTKD)"),
+    Knob("logit_standardization", "true or false", _boolean,
+         "z-score teacher and student logits before the softened softmax (HKD and DML; tau is the base)"),
+    Knob("margin_pct", "a number > 0 (accuracy points)", _float_where(lambda v: v > 0, "> 0 and finite"),
+         "the equivalence margin of the stochastic-vs-tuned verdict"),
+    Knob("num_workers", "a whole number >= 0", _int_at_least(0),
+         "DataLoader workers of the detection augmentation (0: in the notebook's process)"),
+]
+
+KNOBS: Dict[str, Knob] = {knob.name: knob for knob in _KNOB_LIST}
+
+# Old name -> the knob it became.
+ALIASES: Dict[str, str] = {"dataset": "datasets", "carbon_intensity": "carbon_intensity_g_per_kwh"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The public parsing API
+# ---------------------------------------------------------------------------------------------
+def parse(name: str, value: Any) -> Any:
+    """``value`` as the knob ``name`` takes it; a ValueError names the knob and what it accepts.
+
+    None is "the profile's value" for every knob but ``profile``.
+    """
+    if name in ALIASES:
+        return parse(ALIASES[name], value)
+    if name not in KNOBS:
+        raise ValueError(f"unknown knob {name!r}; known knobs: {', '.join(KNOBS)}")
+    knob = KNOBS[name]
+    try:
+        if name != "profile" and _text_value(value) is None:
+            return None
+        return knob.parse(value)
+    except _Refused as reason:
+        raise ValueError(f"{name}={value!r} is refused: {reason}. {name} accepts {knob.accepts}") from None
+
+
+def resolve_aliases(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """``values`` with every old name moved to its knob (a FutureWarning says so).
+
+    An old name left at None is dropped; an old and a new name with different values are an error.
+    """
+    out = {k: v for k, v in values.items() if k not in ALIASES}
+    for alias, canonical in ALIASES.items():
+        if alias not in values or values[alias] is None:
+            continue
+        warnings.warn(
+            f"the knob {alias!r} is now called {canonical!r}; use {canonical}=... (the old name will go)",
+            FutureWarning,
+            stacklevel=3,
+        )
+        value = parse(canonical, values[alias])
+        if out.get(canonical) is not None and parse(canonical, out[canonical]) != value:
+            raise ValueError(
+                f"{alias}={values[alias]!r} and {canonical}={out[canonical]!r} disagree; give only {canonical}"
+            )
+        out[canonical] = value
+    return out
+
+
+def coerce(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Keyword arguments of a setup function with old names resolved and every known knob parsed.
+
+    Names that are not knobs pass through unchanged; the function they are meant for checks them.
+    """
+    return {name: parse(name, value) if name in KNOBS else value for name, value in resolve_aliases(values).items()}
+
+
+def describe(names: Optional[Iterable[str]] = None) -> str:
+    """One line per knob: name, help and what it accepts (every knob when ``names`` is None)."""
+    chosen = KNOBS if names is None else [n for n in names if n in KNOBS]
+    lines = []
+    for name in chosen:
+        default = "" if name == "profile" else "; None: the profile's"
+        lines.append(f"{name}: {KNOBS[name].help} ({KNOBS[name].accepts}{default})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebook side
+# ---------------------------------------------------------------------------------------------
+def _assigned_names(source: str) -> List[str]:
+    """Names assigned at the top level of a cell's code, in order."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        try:
+            from IPython.core.inputtransformer2 import TransformerManager
+
+            tree = ast.parse(TransformerManager().transform_cell(source))
+        except Exception:  # not Python we can read: it declares nothing we can check
+            return []
+    names: List[str] = []
+    for statement in tree.body:
+        targets = statement.targets if isinstance(statement, ast.Assign) else (
+            [statement.target] if isinstance(statement, ast.AnnAssign) else [])
+        for target in targets:
+            for node in ast.walk(target):
+                if isinstance(node, ast.Name) and node.id not in names:
+                    names.append(node.id)
+    return names
+
+
+def _only_assignments(source: str) -> bool:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return bool(tree.body) and all(isinstance(s, (ast.Assign, ast.AnnAssign)) for s in tree.body)
+
+
+def _find_cells(executed: Sequence[str]) -> tuple[Optional[str], Optional[str]]:
+    """(parameters cell, papermill's injected cell or None) among the cells executed before this one.
+
+    IPython keeps every executed cell's source in ``In``. papermill runs its injected cell right after
+    the notebook's parameters cell (a cell of assignments only, which a cell merely starting with the
+    same comment is not preceded by); without papermill the newest cell of assignments that sets
+    ``profile`` is the parameters cell.
+    """
+    for index in range(len(executed) - 1, 0, -1):
+        if executed[index].lstrip().startswith(INJECTED_CELL_HEADER) and _only_assignments(executed[index - 1]):
+            return executed[index - 1], executed[index]
+    for source in reversed(executed):
+        if _only_assignments(source) and "profile" in _assigned_names(source):
+            return source, None
+    return None, None
+
+
+def parameters_from_namespace(namespace: Mapping[str, Any]) -> Dict[str, Any]:
+    """The notebook's knobs, parsed; call it as ``globals().update(ex.notebook_parameters(globals()))``
+    first in the cell after the ``parameters`` cell.
+
+    Refuses (ValueError) any name papermill injected that the parameters cell does not declare and
+    that is not an old name of a declared knob: papermill only warns "Passed unknown parameter" and
+    runs on, ignoring a misspelt knob. Old names map to their knob with a FutureWarning.
+
+    Outside IPython (no ``In`` history) every knob of :data:`KNOBS` found in ``namespace`` is parsed.
+    """
+    executed = list(namespace.get("In") or [])[:-1]  # the last one is the cell calling this
+    parameters_cell, injected_cell = _find_cells(executed)
+    if parameters_cell is None:
+        declared = [name for name in KNOBS if name in namespace]
+    else:
+        declared = _assigned_names(parameters_cell)
+    injected = _assigned_names(injected_cell) if injected_cell else []
+
+    aliases = {alias: canonical for alias, canonical in ALIASES.items() if canonical in declared and alias not in declared}
+    unknown = [name for name in injected if name not in declared and name not in aliases]
+    if unknown:
+        old = [f"{a} (now {c})" for a, c in aliases.items()]
+        raise ValueError(
+            f"unknown notebook parameter(s) {', '.join(unknown)}; this notebook's knobs: {', '.join(declared)}"
+            + (f"; old names still accepted: {', '.join(old)}" if old else "")
+        )
+
+    values = {name: namespace[name] for name in declared if name in namespace}
+    for alias in (name for name in injected if name in aliases):
+        canonical = aliases[alias]
+        given = {alias: namespace[alias]}
+        if canonical in injected:
+            given[canonical] = namespace[canonical]
+        values[canonical] = resolve_aliases(given)[canonical]
+    return {name: parse(name, value) if name in KNOBS else value for name, value in values.items()}

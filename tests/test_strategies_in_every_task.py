@@ -1,0 +1,105 @@
+"""Every temperature strategy works in every kind of KD run: per-sample taus, CTKD's learned tau and logit
+standardization in data-free KD and in detection, as in classification (the lifecycle draws tau for all)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from greenkd_utils.core.config import TemperatureSpec
+from greenkd_utils.core.detection.config import DetectionRunConfig, DetectionTrainSettings
+from greenkd_utils.core.detection.loss import anchor_distillation
+from greenkd_utils.core.detection.models import AnchorSettings
+from greenkd_utils.core.detection.shapes import ShapesSettings
+from greenkd_utils.core.dfkd.config import DFKDConfig, SynthesisSettings
+from greenkd_utils.core.losses import KD_LOSSES
+from greenkd_utils.paper import table4_detection, table6_dfkd
+from greenkd_utils.runs.store import RunStore
+from greenkd_utils.runs.tasks.data_free import train_dfkd
+from greenkd_utils.runs.tasks.detection import train_detection_run
+from greenkd_utils.settings.profiles import load_profile
+
+STRATEGIES = {
+    "per_sample": dict(temperature=TemperatureSpec.stochastic_per_sample(2, 20)),
+    "ctkd": dict(temperature=TemperatureSpec.ctkd(curriculum_epochs=2)),
+    "logit_standardization": dict(temperature=TemperatureSpec.stochastic(2, 20), logit_standardization=True),
+}
+
+
+def _dfkd(**changes) -> DFKDConfig:
+    prof = load_profile("smoke")
+    teacher = prof.teacher_config("digits", 0, "wrn16_1").replace(train_subset=200, test_subset=100)
+    return DFKDConfig(
+        dataset="digits", model="wrn16_1", teacher=teacher,
+        synthesis=SynthesisSettings(method="deepinversion", iterations=3, batch_size=16),
+        temperature=TemperatureSpec.stochastic(2, 20), train=prof.train_settings("student", epochs=2, batch_size=16),
+        kd_steps=3, profile="test", val_fraction=0.2, train_subset=200, test_subset=100,
+    ).replace(**changes)
+
+
+def _detection(**changes) -> DetectionRunConfig:
+    shapes = ShapesSettings(num_train=40, num_test=12, max_objects=2, min_size=0.3, max_size=0.65)
+    common = dict(dataset="shapes", image_size=32, anchors=AnchorSettings(num_feature_maps=3), shapes=shapes,
+                  val_fraction=0.25, profile="test")
+    train = DetectionTrainSettings(epochs=2, batch_size=10, optimizer="sgd", lr=0.05)
+    teacher = DetectionRunConfig(role="teacher", model="vgg16_ssd", width=0.125, train=train, **common)
+    return DetectionRunConfig(role="kd", model="mobilenetv2_ssdlite", width=0.35, train=train, loss="hkd",
+                              temperature=TemperatureSpec.stochastic(), teacher=teacher, **common).replace(**changes)
+
+
+def _check(result, config, taus_per_epoch: int):
+    assert torch.isfinite(torch.tensor(result.test_accuracy))
+    mode = config.temperature.mode
+    assert result.tau["mode"] == mode
+    if mode == "stochastic_per_sample":
+        assert result.tau["count"] == config.train.epochs * taus_per_epoch
+        assert 2 <= result.tau["min"] < result.tau["max"] <= 20
+    if mode == "ctkd":
+        assert [h["ctkd_lambda"] for h in result.history] == pytest.approx([0.5, 1.0])
+        assert all(1.0 <= h["tau_mean"] <= 21.0 for h in result.history)
+    assert result.config.logit_standardization == config.logit_standardization
+    assert ("_ls_" in result.name or "_ls" in result.name) == config.logit_standardization
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_data_free_kd_takes_every_strategy(strategy, tmp_path):
+    config = _dfkd(**STRATEGIES[strategy])
+    result = train_dfkd(config, RunStore(tmp_path), "cpu", progress=False)
+    _check(result, config, taus_per_epoch=config.kd_steps * config.train.batch_size)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_detection_takes_every_strategy(strategy, tmp_path):
+    config = _detection(**STRATEGIES[strategy])
+    result = train_detection_run(config, RunStore(tmp_path), "cpu", progress=False)
+    _check(result, config, taus_per_epoch=(30 // 10) * 10)  # 30 training images, batches of 10
+
+
+def test_a_per_image_tau_is_every_anchor_of_that_image(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 4, generator=gen), torch.randn(2, 5, 4, generator=gen)
+    used = torch.tensor([[1, 1, 0, 0, 1], [0, 1, 1, 0, 0]], dtype=torch.bool)
+    taus = torch.tensor([2.0, 7.0])
+    by_image = anchor_distillation("hkd", student, teacher, used, taus)
+    per_anchor = torch.tensor([2.0, 2.0, 2.0, 7.0, 7.0])  # the used anchors, image by image
+    expected = KD_LOSSES["hkd"](student[used], teacher[used], per_anchor, "batchmean")
+    assert float(by_image) == pytest.approx(float(expected), rel=1e-6)
+    # Logit standardization: adding a constant to, or scaling, an anchor's logits changes nothing.
+    ls = anchor_distillation("hkd", student, teacher, used, 3.0, logit_standardization=True)
+    shifted = anchor_distillation("hkd", 2.5 * student + 4.0, teacher - 1.0, used, 3.0, logit_standardization=True)
+    assert float(ls) == pytest.approx(float(shifted), rel=1e-5)
+    with pytest.raises(ValueError, match="hkd"):
+        anchor_distillation("cmc", student, teacher, used, 3.0, logit_standardization=True)
+
+
+def test_the_data_free_and_detection_notebooks_pass_the_strategy_knobs_on(tmp_path):
+    exp, _ = table6_dfkd.setup("smoke", results_dir=tmp_path, progress=False,
+                               temperature_mode="stochastic_per_sample", logit_standardization="true")
+    config = table6_dfkd.dfkd_config(exp, "deepinversion", "digits", 0, exp.profile.stochastic())
+    assert config.temperature.mode == "stochastic_per_sample" and config.logit_standardization
+    det = table4_detection.setup("smoke", results_dir=tmp_path, progress=False, temperature_mode="ctkd",
+                                 logit_standardization=True)
+    kd = det.profile.kd_config(0, "hkd")
+    assert kd.temperature.mode == "ctkd" and kd.logit_standardization
+    with pytest.raises(ValueError, match="temperature_mode"):
+        table4_detection.setup("smoke", results_dir=tmp_path, progress=False, temperature_mode="hot")
