@@ -132,7 +132,7 @@ class TrainSettings:
     lr_decay: float = 0.2
     warmup_epochs: int = 1
     augment: AugmentSettings = field(default_factory=AugmentSettings)
-    # bf16 autocast, channels_last, fused optimiser on CUDA (see engine.ExecutionPlan).
+    # bf16 autocast, channels_last, fused optimiser on CUDA (see runs.execution.ExecutionPlan).
     fast: bool = False
     compile: bool = False
 
