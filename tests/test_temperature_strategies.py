@@ -162,6 +162,7 @@ def test_records_written_before_the_new_options_still_load(store, smoke):
     run_dir = store.run_dir(config)
     run_dir.mkdir(parents=True)
     (run_dir / "result.json").write_text(json.dumps(record))
+    torch.save({"w": torch.zeros(1)}, run_dir / "model.pt")  # a finished run always kept its weights
     loaded = RunResult.from_dict(store.load_result(config))
     assert loaded.config == config and loaded.config.logit_standardization is False
     assert loaded.config.temperature.curriculum_epochs is None and loaded.config.key == config.key
