@@ -254,12 +254,27 @@ class _RaplChannel(_Channel):
         return f"RAPL {what} counter (whole socket, all processes)"
 
 
-def _process_cpu_seconds() -> Tuple[float, Dict[int, float]]:
+# Finding the live children means scanning every process in /proc (about 2 ms); the meter is read at every phase
+# boundary, so the list is refreshed at most this often, and always for a run's first and final reading.
+CHILD_SCAN_INTERVAL_S = 1.0
+_children_seen = {"at": -float("inf"), "children": []}
+
+
+def _live_children(proc, fresh: bool):
+    now = time.monotonic()
+    if fresh or now - _children_seen["at"] >= CHILD_SCAN_INTERVAL_S:
+        _children_seen["children"] = proc.children(recursive=False)
+        _children_seen["at"] = now
+    return _children_seen["children"]
+
+
+def _process_cpu_seconds(fresh: bool = True) -> Tuple[float, Dict[int, float]]:
     """CPU seconds of this process and its reaped children, and of each live child.
 
     Live children (e.g. DataLoader workers) only enter the parent's
     ``children_*`` times once reaped, so they are read one by one until then;
-    a child is in exactly one of the two at any moment, so nothing counts twice.
+    a child is in exactly one of the two at any moment, so nothing counts twice. A child started since the
+    last scan of the process table (``fresh=False``) is counted from the next scan on, with all its CPU time.
     """
     try:
         import psutil
@@ -268,7 +283,7 @@ def _process_cpu_seconds() -> Tuple[float, Dict[int, float]]:
         ct = proc.cpu_times()
         own = ct.user + ct.system + ct.children_user + ct.children_system
         live: Dict[int, float] = {}
-        for child in proc.children(recursive=False):
+        for child in _live_children(proc, fresh):
             try:
                 c = child.cpu_times()
                 live[child.pid] = c.user + c.system + c.children_user + c.children_system
@@ -297,7 +312,7 @@ class _CpuTimeChannel(_Channel):
         self._own0, self._live0 = _process_cpu_seconds()
 
     def _joules(self, t: float, final: bool) -> Dict[str, float]:
-        own, live = _process_cpu_seconds()
+        own, live = _process_cpu_seconds(fresh=final)
         seconds = own - self._own0 + sum(s - self._live0.get(pid, 0.0) for pid, s in live.items())
         return {"cpu": max(0.0, seconds) * self._watts}
 

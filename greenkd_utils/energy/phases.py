@@ -1,12 +1,15 @@
 """A run's metered region, split into phases.
 
-One :class:`~greenkd_utils.energy.meter.EnergyMeter` is open for the whole region; :meth:`PhaseMeter.phase` brackets
-each part of it (training steps, synthesis, evaluation, checkpoint writes) and charges the energy and wall time
-between its two snapshots to that phase. Whatever ran inside the region but outside every bracket (a few lines
-of bookkeeping between phases) is charged to ``other``, so the phases always add up to the meter's total.
+One :class:`~greenkd_utils.energy.meter.EnergyMeter` is open for the whole region; :meth:`PhaseMeter.phase`
+brackets each part of it (training steps, synthesis, evaluation, checkpoint writes). The phases tile the
+region: each bracket's closing reading of the meter ends one phase, and the phase charged is everything since
+the previous reading, so the few lines of bookkeeping between two brackets (drawing the epoch's taus, building
+the history row) go to the phase that follows them, and the meter is read once per phase, not twice.
+Whatever ran after the last bracket until the meter stopped is ``other``, so the phases always add up to the
+meter's total.
 
-On a GPU the brackets synchronise the device first: queued kernels would otherwise finish, and be charged,
-in the next phase.
+On a GPU each bracket synchronises the device before reading the meter: queued kernels would otherwise
+finish, and be charged, in the next phase.
 """
 
 from __future__ import annotations
@@ -52,56 +55,45 @@ class PhaseMeter:
                  energy_before: Optional[Mapping[str, EnergyReport]] = None,
                  wall_before: Optional[Mapping[str, float]] = None):
         self.meter, self.device = meter, device
-        self._energy_before: Dict[str, EnergyReport] = dict(energy_before or {})
-        self._wall_before: Dict[str, float] = dict(wall_before or {})
-        self._energy: Dict[str, EnergyReport] = {}
-        self._wall: Dict[str, float] = {}
-        self._started = time.perf_counter()
+        self._energy: Dict[str, EnergyReport] = dict(energy_before or {})
+        self._wall: Dict[str, float] = dict(wall_before or {})
+        self._before = sum(self._energy.values()) if self._energy else None  # earlier sessions, all phases
+        # The last phase boundary: none yet, so the first phase starts where the meter did.
+        self._reading: Optional[EnergyReport] = None
+        self._read_at = time.perf_counter()
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Charge what runs in the ``with`` block to phase ``name``."""
+        """Charge what ran since the last boundary, and what runs in the ``with`` block, to phase ``name``."""
         if name not in PHASES or name == "other":
             raise ValueError(f"unknown phase {name!r}; valid: {', '.join(p for p in PHASES if p != 'other')}")
-        _synchronize(self.device)
-        before, t0 = self.meter.snapshot(), time.perf_counter()
         try:
             yield
         finally:
             _synchronize(self.device)
-            spent = energy_between(self.meter.snapshot(), before)
-            self._energy[name] = spent if name not in self._energy else self._energy[name] + spent
-            self._wall[name] = self._wall.get(name, 0.0) + time.perf_counter() - t0
+            self._charge(name, self.meter.snapshot())
 
-    # -- totals, this session's plus the sessions before a resume ---------------------------------
-    def total(self, final: bool = False) -> EnergyReport:
-        """The whole region's energy so far (``final``: the stopped meter's report)."""
-        now = self.meter.report if final else self.meter.snapshot()
-        before = list(self._energy_before.values())
-        return EnergyReport.total(before + [now]) if before else now
+    def _charge(self, name: str, reading: EnergyReport) -> None:
+        now = time.perf_counter()
+        spent = energy_between(reading, self._reading)
+        self._energy[name] = spent if name not in self._energy else self._energy[name] + spent
+        self._wall[name] = self._wall.get(name, 0.0) + now - self._read_at
+        self._reading, self._read_at = reading, now
 
-    def wall_time(self) -> float:
-        return sum(self._wall_before.values()) + time.perf_counter() - self._started
+    def close(self) -> None:
+        """Charge the tail after the last bracket to ``other``; call once the meter has stopped."""
+        self._charge("other", self.meter.report)
 
-    def by_phase(self, final: bool = False) -> Dict[str, EnergyReport]:
-        """Energy per phase, ``other`` holding what ran inside the region but outside every phase."""
-        now = self.meter.report if final else self.meter.snapshot()
-        this_session = dict(self._energy)
-        bracketed = sum(this_session.values()) if this_session else None
-        this_session["other"] = energy_between(now, bracketed) if bracketed is not None else now
-        out: Dict[str, EnergyReport] = {}
-        for name in PHASES:
-            parts = [p for p in (self._energy_before.get(name), this_session.get(name)) if p is not None]
-            if parts:
-                out[name] = EnergyReport.total(parts)
-        return out
+    # -- totals, this session's plus the sessions before a resume (as of the last boundary) ------------
+    def total(self) -> EnergyReport:
+        reading = self._reading if self._reading is not None else self.meter.snapshot()
+        return reading if self._before is None else self._before + reading
+
+    def by_phase(self) -> Dict[str, EnergyReport]:
+        return {name: self._energy[name] for name in PHASES if name in self._energy}
 
     def wall_by_phase(self) -> Dict[str, float]:
-        elapsed = time.perf_counter() - self._started
-        this_session = dict(self._wall)
-        this_session["other"] = max(0.0, elapsed - sum(self._wall.values()))
-        return {
-            name: self._wall_before.get(name, 0.0) + this_session.get(name, 0.0)
-            for name in PHASES
-            if name in self._wall_before or name in this_session
-        }
+        return {name: self._wall[name] for name in PHASES if name in self._wall}
+
+    def wall_time(self) -> float:
+        return sum(self._wall.values())

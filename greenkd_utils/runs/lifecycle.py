@@ -331,6 +331,7 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
         with phases.phase("checkpoints"):
             store.save_model(run_dir, task.final_state_dict())
     # ============================ the metered region ends ===================================
+    phases.close()
     bar.close()
 
     flops = task.flops()
@@ -345,8 +346,8 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
         "config": config.to_dict(),
         "test_accuracy": float(headline.pop("test_accuracy")),
         "val_accuracy": float(headline.pop("val_accuracy")),
-        "energy": phases.total(final=True).to_dict(),
-        "energy_by_phase": {k: v.to_dict() for k, v in phases.by_phase(final=True).items()},
+        "energy": phases.total().to_dict(),
+        "energy_by_phase": {k: v.to_dict() for k, v in phases.by_phase().items()},
         "wall_time_s": phases.wall_time(),
         "wall_time_by_phase": phases.wall_by_phase(),
         "metered_region": METERED_REGION,
