@@ -240,7 +240,7 @@ def task_for_config_dict(config_dict: Dict[str, Any]) -> Type[Task]:
     for task in _TASKS.values():
         if task.recognises(config_dict):
             return task
-    return _TASKS["classification"]
+    return _TASKS["classification"]  # the paper's own runs: the configs that name no other task
 
 
 # ---------------------------------------------------------------------------------------------

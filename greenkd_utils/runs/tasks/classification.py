@@ -139,10 +139,6 @@ class ClassificationTask(StudentTask):
     config_type = RunConfig
     flop_definition = FLOP_DEFINITION
 
-    @classmethod
-    def recognises(cls, config_dict: Dict[str, Any]) -> bool:
-        return config_dict.get("role") in ("teacher", "student", "kd") and "task" not in config_dict
-
     def __init__(self, config: RunConfig, device, dependencies, store, data_root=None, **options):
         super().__init__(config, device, dependencies, store, data_root, **options)
         self.data = prepare_data(config, device, None if data_root is None else str(data_root))

@@ -71,7 +71,7 @@ class DataFreeKDTask(StudentTask):
     result_methods = {"load_samples": load_samples}
     checkpointed = ("model", "optimizer", "scheduler", "synthesizer", "pool")
     counters = ("samples_seen", "images_evaluated", "flops_per_step", "flops_close")
-    load_model = ClassificationTask.load_model  # the student is a classifier like any other
+    load_model = staticmethod(ClassificationTask.load_model)  # the student is a classifier like any other
 
     @classmethod
     def recognises(cls, config_dict: Dict[str, Any]) -> bool:
