@@ -23,11 +23,17 @@ def smoke_dirs(root: Path) -> dict:
 
 
 def execute(name: str, dirs: dict, profile: str = "smoke", **params) -> Path:
-    """Run notebooks/<name>.ipynb at ``profile`` with ``params``; returns the folder it wrote its outputs to."""
+    """Run notebooks/<name>.ipynb at ``profile`` with ``params``; returns the folder it wrote its outputs to.
+
+    At a notebook's defaults, also checks that it trained no run its run plan lacks (what ``run_all.sh``
+    collects before the notebooks render)."""
     import papermill as pm
+
+    from greenkd_utils.runs.store import RunStore
 
     out = dirs["out"]
     out.mkdir(parents=True, exist_ok=True)
+    logged_before = len(RunStore(dirs["results"]).training_log())
     pm.execute_notebook(
         str(REPO / "notebooks" / f"{name}.ipynb"),
         str(out / f"{name}.ipynb"),
@@ -36,7 +42,34 @@ def execute(name: str, dirs: dict, profile: str = "smoke", **params) -> Path:
         cwd=str(REPO / "notebooks"),
         progress_bar=False,
     )
+    if not params:
+        check_trained_only_planned_runs(name, profile, dirs["results"], logged_before)
     return out
+
+
+def check_trained_only_planned_runs(name: str, profile: str, results: Path, logged_before: int) -> None:
+    """Every run the notebook trained is in its plan, or is a truncated rung of a planned run (successive
+    halving, which the plan notes as adaptive)."""
+    import dataclasses
+    import json
+
+    from greenkd_utils.paper.needed_runs import plan_notebooks
+
+    store, plan = plan_notebooks([name], profile, results)
+    trained = {e["key"]: e["name"] for e in store.training_log()[logged_before:] if e["event"] == "started"}
+    planned_names = {run.name for run in plan.runs.values()}
+    unplanned = []
+    for key, run_name in trained.items():
+        if key in plan:
+            continue
+        config = json.loads((store.runs_dir / f"{run_name}-{key}" / "config.json").read_text())
+        is_rung = bool(plan.adaptive) and run_name in planned_names or any(
+            run.config.to_dict() == {**config, "train": {**config["train"], "epochs": run.config.train.epochs}}
+            for run in plan.runs.values() if dataclasses.is_dataclass(run.config)
+        )
+        if not is_rung:
+            unplanned.append(run_name)
+    assert not unplanned, f"{name} trained runs its run plan does not list: {unplanned}"
 
 
 @dataclass

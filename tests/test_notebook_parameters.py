@@ -29,7 +29,8 @@ from greenkd_utils.settings.knobs import parameters_from_namespace, parse
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # Knobs run_all.sh passes to every notebook, and the energy constants every notebook reports with.
-EVERY_NOTEBOOK = ("profile", "device", "data_root", "results_dir", "output_dir", "pue", "carbon_intensity_g_per_kwh")
+EVERY_NOTEBOOK = ("profile", "device", "data_root", "results_dir", "output_dir", "pue", "carbon_intensity_g_per_kwh",
+                  "executor", "ray_address")
 
 
 # -- the parsers ----------------------------------------------------------------------------------

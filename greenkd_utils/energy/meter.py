@@ -107,6 +107,7 @@ class EnergyMeter:
         dram_watts_per_gb: float = 0.3725,
         use_carbontracker: bool = True,
         powercap_root: Optional[str] = None,
+        host_shared: bool = False,
     ):
         if not sample_interval_s > 0:
             raise ValueError(f"sample_interval_s must be > 0; got {sample_interval_s}")
@@ -121,6 +122,8 @@ class EnergyMeter:
         self.dram_watts_per_gb = float(dram_watts_per_gb)  # GB taken as GiB (2**30 bytes)
         self.use_carbontracker = bool(use_carbontracker)
         self.powercap_root = POWERCAP_ROOT if powercap_root is None else powercap_root
+        # Other runs on this machine: a whole-socket sensor would bill their work to this run.
+        self.host_shared = bool(host_shared)
         self.report: Optional[EnergyReport] = None
 
         self._channels: List[_Channel] = []
@@ -219,7 +222,8 @@ class EnergyMeter:
     def _open_channels(self, t: float) -> List[_Channel]:
         channels: List[_Channel] = []
         channels += self._gpu_channels(t)
-        channels += self._cpu_channels(t)
+        if not self.host_shared:
+            channels += self._cpu_channels(t)
         # The estimates always run: they are the last resort of cpu and dram.
         for estimate in (_CpuTimeChannel(self.cpu_watts_per_core), _RssChannel(self.dram_watts_per_gb)):
             started = self._try_start(estimate, t)

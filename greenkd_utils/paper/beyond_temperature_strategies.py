@@ -186,26 +186,43 @@ def kd_config(exp, settings: BeyondSettings, seed: int, temperature: Temperature
 
 def run_strategy(exp, settings: BeyondSettings, strategy: str, seed: int) -> RunResult | TunedResult:
     """The (cached or freshly trained) result of ``strategy`` for one seed."""
-    prof = exp.profile
     if strategy == "tuned_grid":
         return exp.tuned(settings.dataset, seed, LOSS, taus=settings.tau_grid)
     if strategy == "tuned_successive_halving":
         # The base of Experiment.tuned: the trials' full-length runs are the grid's runs.
-        base = prof.kd_config(settings.dataset, seed, LOSS, TemperatureSpec.fixed(1.0))
-        return successive_halving_sweep(base, settings.tau_grid, exp.store, exp.device, exp.data_root,
-                                        exp.progress, settings.halving)
+        return successive_halving_sweep(exp.tuned_base(settings.dataset, seed, LOSS), settings.tau_grid, exp.store,
+                                        exp.device, exp.data_root, exp.progress, settings.halving)
+    return exp.run(strategy_config(exp, settings, strategy, seed))
+
+
+def strategy_config(exp, settings: BeyondSettings, strategy: str, seed: int) -> RunConfig:
+    """The one run of a single-run strategy (every strategy but the two tau searches)."""
+    prof = exp.profile
     if strategy == "stochastic_per_batch":
-        return exp.stochastic(settings.dataset, seed, LOSS)
+        return exp.stochastic_config(settings.dataset, seed, LOSS)
     if strategy == "stochastic_per_sample":
-        return exp.run(kd_config(exp, settings, seed, TemperatureSpec.stochastic_per_sample(*prof.tau_range)))
+        return kd_config(exp, settings, seed, TemperatureSpec.stochastic_per_sample(*prof.tau_range))
     if strategy == "ctkd":
-        spec = TemperatureSpec.ctkd(curriculum_epochs=settings.ctkd_curriculum_epochs)
-        return exp.run(kd_config(exp, settings, seed, spec))
+        return kd_config(exp, settings, seed, TemperatureSpec.ctkd(curriculum_epochs=settings.ctkd_curriculum_epochs))
     if strategy == "logit_standardization":
-        return exp.run(kd_config(exp, settings, seed, TemperatureSpec.fixed(settings.ls_base_tau), True))
+        return kd_config(exp, settings, seed, TemperatureSpec.fixed(settings.ls_base_tau), True)
     if strategy == "logit_standardization_stochastic":
-        return exp.run(kd_config(exp, settings, seed, prof.stochastic(), True))
+        return kd_config(exp, settings, seed, prof.stochastic(), True)
     raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+
+
+def needed_runs(exp, settings: BeyondSettings, plan) -> None:
+    """Add the notebook's runs to ``plan``: every strategy's, except the rungs successive halving decides
+    as it goes (noted as adaptive)."""
+    for strategy in settings.strategies:
+        for seed in settings.seeds:
+            if strategy == "tuned_grid":
+                plan.add_all(exp.tuned_configs(settings.dataset, seed, LOSS, taus=settings.tau_grid), NOTEBOOK)
+            elif strategy == "tuned_successive_halving":
+                plan.note_adaptive(f"{NOTEBOOK}: successive halving's truncated rungs ({settings.dataset}, seeds "
+                                   f"{list(settings.seeds)}) depend on earlier rungs' results; the notebook trains them")
+            else:
+                plan.add(strategy_config(exp, settings, strategy, seed), NOTEBOOK)
 
 
 def runs_trained(result: RunResult | TunedResult) -> int:

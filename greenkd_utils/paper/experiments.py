@@ -29,7 +29,7 @@ from greenkd_utils.core.losses import check_logit_standardization
 from greenkd_utils.energy.meter import EnergyReport
 from greenkd_utils.energy.phases import PHASES
 from greenkd_utils.runs.store import RunStore, atomic_write_bytes, atomic_write_json
-from greenkd_utils.runs.sweep import TunedResult, tuned_sweep
+from greenkd_utils.runs.sweep import TunedResult, grid_configs, tuned_sweep
 from greenkd_utils.runs.tasks.classification import RunResult, train_run
 from greenkd_utils.settings import knobs
 from greenkd_utils.settings.profiles import load_profile
@@ -83,11 +83,34 @@ class Experiment(BoundProfile):
         return self.run(self.profile.student_config(dataset, seed, model))
 
     def stochastic(self, dataset: str, seed: int, loss: str = "hkd", **kw) -> RunResult:
-        return self.run(self.profile.kd_config(dataset, seed, loss, self.profile.stochastic(), **kw))
+        return self.run(self.stochastic_config(dataset, seed, loss, **kw))
 
     def tuned(self, dataset: str, seed: int, loss: str = "hkd", taus: Optional[Sequence[float]] = None, **kw) -> TunedResult:
-        base = self.profile.kd_config(dataset, seed, loss, TemperatureSpec.fixed(1.0), **kw)
-        return tuned_sweep(base, taus or self.profile.tau_grid, self.store, self.device, self.data_root, self.progress)
+        return tuned_sweep(self.tuned_base(dataset, seed, loss, **kw), taus or self.profile.tau_grid, self.store,
+                           self.device, self.data_root, self.progress)
+
+    # The configs behind the methods above, for the run plan (greenkd_utils.paper.needed_runs).
+    def stochastic_config(self, dataset: str, seed: int, loss: str = "hkd", **kw) -> RunConfig:
+        return self.profile.kd_config(dataset, seed, loss, self.profile.stochastic(), **kw)
+
+    def tuned_base(self, dataset: str, seed: int, loss: str = "hkd", **kw) -> RunConfig:
+        return self.profile.kd_config(dataset, seed, loss, TemperatureSpec.fixed(1.0), **kw)
+
+    def tuned_configs(self, dataset: str, seed: int, loss: str = "hkd", taus: Optional[Sequence[float]] = None,
+                      **kw) -> List[RunConfig]:
+        return grid_configs(self.tuned_base(dataset, seed, loss, **kw), taus or self.profile.tau_grid)
+
+    def method_configs(self, method: str, dataset: str, seed: int, loss: str = "hkd") -> List[RunConfig]:
+        """The runs behind one of Table 1's methods (teacher, student, kd_tuned, kd_stochastic)."""
+        if method == "teacher":
+            return [self.profile.teacher_config(dataset, seed)]
+        if method == "student":
+            return [self.profile.student_config(dataset, seed)]
+        if method == "kd_tuned":
+            return self.tuned_configs(dataset, seed, loss)
+        if method == "kd_stochastic":
+            return [self.stochastic_config(dataset, seed, loss)]
+        raise ValueError(f"unknown method {method!r}; valid: teacher, student, kd_tuned, kd_stochastic")
 
 
 def setup(

@@ -179,3 +179,10 @@ def plot_figure1(curves: pd.DataFrame, inference: pd.DataFrame, title: Optional[
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def needed_runs(exp, plan, loss: str = "hkd", seed: Optional[int] = None) -> None:
+    """Add the runs the notebook draws (one seed of the first data set, every method) to ``plan``."""
+    seed = exp.profile.seeds[0] if seed is None else seed
+    for method in CURVE_METHODS:
+        plan.add_all(exp.method_configs(method, exp.profile.datasets[0], seed, loss), "figure1_carbon_curves")

@@ -23,6 +23,8 @@ from greenkd_utils.paper.extra_tables import NotebookSettings
 
 log = logging.getLogger(__name__)
 
+NOTEBOOK = "figure3_temperature_and_batch"
+
 # The paper's two statements about its Figure 3, in our words (it publishes no numbers for this figure).
 PAPER_CLAIMS = {
     "a": "the test accuracy of KD changes noticeably from one fixed tau to another, so tau has to be tuned",
@@ -117,3 +119,14 @@ def claims(tau_table: pd.DataFrame, batch_table: pd.DataFrame) -> pd.DataFrame:
             },
         ]
     )
+
+
+def needed_runs(exp: Experiment, settings: NotebookSettings, plan, batch_sizes: Sequence[int] | None = None,
+                loss: str = "hkd") -> None:
+    """Add the runs of :func:`accuracy_vs_tau` and :func:`accuracy_vs_batch_size` to ``plan``."""
+    changes = settings.student_changes()
+    for seed in settings.seeds:
+        plan.add_all(exp.tuned_configs(settings.dataset, seed, loss, taus=settings.tau_grid, **changes), NOTEBOOK)
+        plan.add(exp.stochastic_config(settings.dataset, seed, loss, **changes), NOTEBOOK)
+        for size in batch_sizes or settings.batch_sizes:
+            plan.add(exp.stochastic_config(settings.dataset, seed, loss, batch_size=int(size), **changes), NOTEBOOK)

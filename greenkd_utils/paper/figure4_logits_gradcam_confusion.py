@@ -4,7 +4,7 @@ scale), where they look (Grad-CAM, :mod:`greenkd_utils.analysis.gradcam`) and ho
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import pandas as pd
@@ -77,3 +77,10 @@ def plot_output_distributions(table, title: str = "Output distribution (softmax)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def needed_runs(exp, plan, loss: str = "hkd", seed: Optional[int] = None) -> None:
+    """Add the runs the notebook reads (teacher, tuned and stochastic students of one seed) to ``plan``."""
+    seed = exp.profile.seeds[0] if seed is None else seed
+    for method in ("teacher", "kd_tuned", "kd_stochastic"):
+        plan.add_all(exp.method_configs(method, exp.profile.datasets[0], seed, loss), "figure4_logits_gradcam_confusion")

@@ -12,9 +12,10 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
-from greenkd_utils.runs.store import atomic_write_json
+from greenkd_utils.runs.projection import PLAN_FILE, measured_beside_projected
+from greenkd_utils.runs.store import RunStore, atomic_write_json
 from greenkd_utils.runs.tasks.classification import library_versions
 
 
@@ -52,7 +53,26 @@ def read_timings(path: Path) -> List[Dict[str, Any]]:
     return rows
 
 
-def build_manifest(profile: str, output_dir: Path, timings: Path, repo: Path) -> Dict[str, Any]:
+def projected_and_measured(output_dir: Path, results_dir: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """The bill written before training (plan.json) beside what the same runs measured."""
+    plan_file = output_dir / PLAN_FILE
+    if results_dir is None or not plan_file.is_file():
+        return None
+    projection = json.loads(plan_file.read_text())
+    compared = measured_beside_projected(projection, RunStore(results_dir))
+    return {
+        "projected": {k: projection[k] for k in ("label", "how", "device", "energy_sources", "totals",
+                                                  "adaptive_not_projected", "calibration")},
+        "measured": None if compared is None else {
+            "runs_compared": compared["runs_compared"],
+            "runs_not_in_store": compared["runs_not_in_store"],
+            "totals": compared["totals"],
+        },
+    }
+
+
+def build_manifest(profile: str, output_dir: Path, timings: Path, repo: Path,
+                   results_dir: Optional[Path] = None) -> Dict[str, Any]:
     summaries = {}
     for path in sorted(output_dir.glob("*.summary.json")):
         summaries[path.name.removesuffix(".summary.json")] = json.loads(path.read_text())
@@ -70,6 +90,7 @@ def build_manifest(profile: str, output_dir: Path, timings: Path, repo: Path) ->
         "verdicts_stochastic_vs_tuned": list(verdicts.values()),
         "energy": summaries,
         "energy_note": "per-notebook energy totals of the runs each table shows; 'estimated' where no sensor was readable",
+        "bill_projected_and_measured": projected_and_measured(output_dir, results_dir),
     }
 
 
@@ -78,9 +99,10 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", required=True)
     parser.add_argument("--output-dir", required=True, type=Path)
     parser.add_argument("--timings", required=True, type=Path)
+    parser.add_argument("--results-dir", type=Path, default=None, help="the run store, to measure the planned runs")
     args = parser.parse_args(argv)
     repo = Path(__file__).resolve().parents[2]
-    manifest = build_manifest(args.profile, args.output_dir, args.timings, repo)
+    manifest = build_manifest(args.profile, args.output_dir, args.timings, repo, args.results_dir)
     atomic_write_json(args.output_dir / "manifest.json", manifest)
     print(f"manifest: {args.output_dir / 'manifest.json'} ({manifest['total_duration_s']:.0f} s of notebooks)")
 

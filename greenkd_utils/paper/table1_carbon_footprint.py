@@ -23,3 +23,14 @@ def table1(exp: Experiment, loss: str = "hkd") -> pd.DataFrame:
             model = exp.profile.teacher_model if method == "teacher" else exp.profile.student_model
             rows.append(summarise(exp, results, dataset=dataset, method=method, model=model))
     return pd.DataFrame(rows)
+
+
+METHODS = ("teacher", "student", "kd_tuned", "kd_stochastic")
+
+
+def needed_runs(exp: Experiment, plan, loss: str = "hkd") -> None:
+    """Add the runs of :func:`table1` (and of its verdict, the same runs) to ``plan``."""
+    for dataset in exp.profile.datasets:
+        for seed in exp.profile.seeds:
+            for method in METHODS:
+                plan.add_all(exp.method_configs(method, dataset, seed, loss), "table1_carbon_footprint")

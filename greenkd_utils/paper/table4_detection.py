@@ -30,7 +30,7 @@ from greenkd_utils.energy.report import DEFAULT_CARBON_INTENSITY, DEFAULT_PUE
 from greenkd_utils.paper import experiments as ex
 from greenkd_utils.paper import plotting
 from greenkd_utils.runs.record import RunResult
-from greenkd_utils.runs.sweep import TunedResult, tuned_sweep
+from greenkd_utils.runs.sweep import TunedResult, grid_configs, tuned_sweep
 from greenkd_utils.runs.tasks.detection import train_detection_run
 from greenkd_utils.settings import knobs
 from greenkd_utils.settings.loader import SCHEDULE_KNOBS, apply_overrides, load_section
@@ -216,6 +216,19 @@ def table4_detection(exp: DetectionExperiment, losses: Optional[Iterable[str]] =
             results = [exp.tuned(s, loss) if method == "kd_tuned" else exp.stochastic(s, loss) for s in p.seeds]
             rows.append(ex.summarise(exp, results, dataset=p.dataset, loss=loss, method=method, model=p.student_model))
     return pd.DataFrame(rows).rename(columns=_MAP_COLUMNS)
+
+
+def needed_runs(exp: DetectionExperiment, plan, losses: Optional[Iterable[str]] = None) -> None:
+    """Add the runs of :func:`table4_detection` (the examples figure reads one of them) to ``plan``."""
+    p = exp.profile
+    options = {"num_workers": p.num_workers}
+    plan.add(p.teacher_config(), "table4_detection", **options)
+    for loss in losses or p.losses:
+        for seed in p.seeds:
+            base = p.kd_config(seed, loss, TemperatureSpec.fixed(1.0))
+            plan.add_all(grid_configs(base, p.tau_grid), "table4_detection", **options)
+            plan.add(p.kd_config(seed, loss), "table4_detection", **options)
+    plan.add(p.kd_config(p.seeds[0], "hkd"), "table4_detection", **options)  # the examples figure's student
 
 
 def energy_ratio(table: pd.DataFrame) -> pd.DataFrame:

@@ -22,3 +22,14 @@ def table4(exp: Experiment, losses: Optional[Iterable[str]] = None) -> pd.DataFr
                 ]
                 rows.append(summarise(exp, results, dataset=dataset, loss=loss, method=method))
     return pd.DataFrame(rows)
+
+
+def needed_runs(exp: Experiment, plan, losses: Optional[Iterable[str]] = None) -> None:
+    """Add the runs of :func:`table4` (its verdicts and loss-scale study use the same runs) to ``plan``."""
+    losses = list(losses or exp.profile.losses)
+    check_losses(exp, losses)
+    for dataset in exp.profile.datasets:
+        for loss in losses:
+            for seed in exp.profile.seeds:
+                for method in ("kd_tuned", "kd_stochastic"):
+                    plan.add_all(exp.method_configs(method, dataset, seed, loss), "table4_kd_losses")

@@ -111,3 +111,10 @@ def plot_metrics_vs_paper(table: pd.DataFrame, comparison: Optional[pd.DataFrame
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def needed_runs(exp, plan, loss: str = "hkd") -> None:
+    """Add the runs whose predictions the table scores (every seed, first data set) to ``plan``."""
+    for seed in exp.profile.seeds:
+        for method in ("teacher", "kd_tuned", "kd_stochastic"):
+            plan.add_all(exp.method_configs(method, exp.profile.datasets[0], seed, loss), "table5_metrics")

@@ -29,7 +29,7 @@ from greenkd_utils.paper import reference
 from greenkd_utils.paper.experiments import Experiment, summarise
 from greenkd_utils.paper.experiments import setup as experiment_setup
 from greenkd_utils.runs.record import RunResult
-from greenkd_utils.runs.sweep import TunedResult, tuned_sweep
+from greenkd_utils.runs.sweep import TunedResult, grid_configs, tuned_sweep
 from greenkd_utils.runs.tasks.data_free import train_dfkd
 from greenkd_utils.settings import knobs
 from greenkd_utils.settings.loader import apply_overrides, load_section
@@ -272,13 +272,7 @@ def table6(
     """Every cell of Table 6 for ``exp``'s profile; None = the settings of ``configs/dfkd.yaml``
     (seeds and tau grid fall back to the profile's when the file leaves them null); an experiment from
     :func:`setup` brings the settings its notebook chose."""
-    settings = settings_of(exp)
-    methods = list(methods or settings.methods)
-    datasets = list(datasets or settings.datasets)
-    seeds = list(seeds or settings.seeds or exp.profile.seeds)
-    taus = [float(t) for t in (tau_grid or settings.tau_grid or exp.profile.tau_grid)]
-    if len(taus) < 1:
-        raise ValueError("the tau grid of the tuned baseline is empty")
+    settings, methods, datasets, seeds, taus = _cells(exp, methods, datasets, seeds, tau_grid)
     rows, grid_rows, results = [], [], {}
     for dataset in datasets:
         for method in methods:
@@ -301,6 +295,27 @@ def table6(
                 row.update(phase_columns(exp, cell))
                 rows.append(row)
     return Table6(pd.DataFrame(rows), pd.DataFrame(grid_rows), results)
+
+
+def _cells(exp: Experiment, methods=None, datasets=None, seeds=None, tau_grid=None):
+    """The settings and the cells of Table 6: None = the notebook's settings, then the profile's."""
+    settings = settings_of(exp)
+    taus = [float(t) for t in (tau_grid or settings.tau_grid or exp.profile.tau_grid)]
+    if len(taus) < 1:
+        raise ValueError("the tau grid of the tuned baseline is empty")
+    return (settings, list(methods or settings.methods), list(datasets or settings.datasets),
+            list(seeds or settings.seeds or exp.profile.seeds), taus)
+
+
+def needed_runs(exp: Experiment, plan, epochs: Optional[int] = None, **cells) -> None:
+    """Add the runs of :func:`table6` to ``plan``; ``cells``: its ``methods``, ``datasets``, ``seeds``, ``tau_grid``."""
+    settings, methods, datasets, seeds, taus = _cells(exp, **cells)
+    for dataset in datasets:
+        for method in methods:
+            for seed in seeds:
+                make = lambda t: dfkd_config(exp, method, dataset, seed, t, settings, epochs)  # noqa: E731
+                plan.add_all(grid_configs(make(TemperatureSpec.fixed(1.0)), taus), "table6_dfkd")
+                plan.add(make(exp.profile.stochastic()), "table6_dfkd")
 
 
 def _grid_row(dataset: str, method: str, seed: int, run: RunResult, chosen: bool) -> Dict[str, Any]:

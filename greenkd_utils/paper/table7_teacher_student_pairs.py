@@ -109,3 +109,16 @@ def stochastic_vs_tuned(table: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(out)
+
+
+def needed_runs(exp: Experiment, settings: NotebookSettings, plan, pairs: Sequence[Tuple[str, str]] = PAIRS,
+                loss: str = "hkd") -> None:
+    """Add the runs of :func:`table7` to ``plan``."""
+    changes = settings.student_changes()
+    for teacher, student in pairs:
+        models = {"teacher_model": teacher, "student_model": student}
+        for seed in settings.seeds:
+            plan.add_all(exp.tuned_configs(settings.dataset, seed, loss, taus=settings.tau_grid, **models, **changes),
+                         "table7_teacher_student_pairs")
+            plan.add(exp.stochastic_config(settings.dataset, seed, loss, **models, **changes),
+                     "table7_teacher_student_pairs")

@@ -111,3 +111,16 @@ def compare_table8(table: pd.DataFrame, settings) -> pd.DataFrame:
     from greenkd_utils.paper.extra_tables import compare_with_paper_dataset
 
     return compare_with_paper_dataset(table, "table8", TABLE8_METRICS, settings.paper_dataset, keys=("method",))
+
+
+def needed_runs(exp, settings, plan, student: str = TABLE8_STUDENT, teacher: str = TABLE8_TEACHER,
+                loss: str = "hkd") -> None:
+    """Add the runs of :func:`table8` (QAT after its float student, and KD into the same student) to ``plan``."""
+    changes = settings.student_changes()
+    models = {"teacher_model": teacher, "student_model": student}
+    for seed in settings.seeds:
+        plan.add(qat_config(exp, settings, seed, student), "table8_quantization")
+        plan.add(student_config(exp, settings, seed, student), "table8_quantization")
+        plan.add_all(exp.tuned_configs(settings.dataset, seed, loss, taus=settings.tau_grid, **models, **changes),
+                     "table8_quantization")
+        plan.add(exp.stochastic_config(settings.dataset, seed, loss, **models, **changes), "table8_quantization")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import socket
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -114,3 +115,61 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrency: how many runs share this machine, and so how a run's energy is attributed
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Concurrency:
+    """How the run executes beside others: set by the executor, read by the lifecycle and its meter.
+
+    A whole-socket sensor (RAPL) cannot tell two processes apart, so when runs share a machine the CPU and
+    DRAM energy of each run is estimated from its own process's CPU time and memory instead; a GPU is
+    measured by its own counter when each run holds one GPU.
+    """
+
+    executor: str = "local"
+    runs_sharing_node: int = 1
+    one_run_per_gpu: bool = False
+
+    @property
+    def host_shared(self) -> bool:
+        return self.runs_sharing_node > 1
+
+    def energy_attribution(self) -> str:
+        if not self.host_shared:
+            return ("the run had its machine to itself: every sensor (NVML, RAPL) or estimate reads this run's "
+                    "work alone")
+        gpu = ("its GPU measured by that GPU's own counter (one run per GPU); " if self.one_run_per_gpu else "")
+        return (f"up to {self.runs_sharing_node} runs shared this machine: {gpu}CPU and DRAM estimated from this "
+                "run's own process CPU time and memory (a whole-socket sensor such as RAPL cannot separate "
+                "concurrent runs, so it is not used)")
+
+    def record(self) -> Dict[str, Any]:
+        return {
+            "executor": self.executor,
+            "runs_sharing_node": self.runs_sharing_node,
+            "one_run_per_gpu": self.one_run_per_gpu,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "energy_attribution": self.energy_attribution(),
+        }
+
+
+_CONCURRENCY = Concurrency()
+
+
+def current_concurrency() -> Concurrency:
+    return _CONCURRENCY
+
+
+@contextlib.contextmanager
+def running_under(concurrency: Concurrency) -> Iterator[Concurrency]:
+    """Runs started in this block run beside others as ``concurrency`` says (an executor's worker)."""
+    global _CONCURRENCY
+    before, _CONCURRENCY = _CONCURRENCY, concurrency
+    try:
+        yield concurrency
+    finally:
+        _CONCURRENCY = before

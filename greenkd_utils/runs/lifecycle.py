@@ -36,6 +36,7 @@ from greenkd_utils.core.temperature import TauStatistics
 from greenkd_utils.energy.meter import EnergyMeter, EnergyReport
 from greenkd_utils.energy.phases import PhaseMeter
 from greenkd_utils.runs.execution import (
+    current_concurrency,
     describe_device,
     epoch_lr,
     library_versions,
@@ -290,13 +291,15 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
         wall_before = dict(checkpoint["wall_time_by_phase"])
         log.info("resuming %s from epoch %d", config.name, start_epoch)
     task.history = history
+    concurrency = current_concurrency()
+    store.log_training(config, "started", from_epoch=start_epoch, executor=concurrency.executor)
 
     n_steps = task.steps_per_epoch
     bar = tqdm(total=task.epochs * task.progress_steps_per_epoch, initial=start_epoch * task.progress_steps_per_epoch,
                desc=config.name, unit="step", disable=not progress, mininterval=1.0, dynamic_ncols=True)
 
     # ============================ the metered region begins =================================
-    with EnergyMeter(device=device) as meter:
+    with EnergyMeter(device=device, host_shared=concurrency.host_shared) as meter:
         phases = PhaseMeter(meter, device, energy_before, wall_before)
         for epoch in range(start_epoch, task.epochs):
             # tau is drawn here, for the whole epoch (per batch or per sample); a learned temperature
@@ -357,6 +360,7 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
         "data": task.describe_data(),
         "versions": library_versions(),
         "device": describe_device(device),
+        "execution": concurrency.record(),
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "extras": headline,
     }

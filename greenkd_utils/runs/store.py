@@ -9,6 +9,9 @@ Layout of ``<root>/runs/<name>-<key>/``:
 - ``result.json``    the result record; written last, atomically. Its presence is what
                      "finished" means, so a half-written run is never read as finished.
 
+and ``<root>/training_log.jsonl``: one line per start of a training (which run, from which epoch, which
+process on which host), appended by every process that trains into the store.
+
 Every file is written to a temporary name in the same folder and moved into
 place with ``os.replace``, which is atomic on POSIX and Windows. A file lock per
 run makes two processes that ask for the same run (say, the same teacher from
@@ -57,6 +60,7 @@ import json
 import logging
 import os
 import pickle
+import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -73,6 +77,8 @@ RESULT_FILE = "result.json"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.json"
+# At the store's root: one JSON line per start of a training (see RunStore.log_training).
+TRAINING_LOG = "training_log.jsonl"
 
 # Files that only serve to continue training. They are not part of a finished run's seal because they may be
 # deleted later: the checkpoint, and the final state that successive halving keeps for its next rung.
@@ -264,6 +270,27 @@ class RunStore:
             # The checkpoint is only needed to resume; a finished run keeps its final weights.
             (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
             return record
+
+    # -- who trained what, when --------------------------------------------------------------
+    def log_training(self, config: RunConfig, event: str, **fields) -> None:
+        """Append one line to :data:`TRAINING_LOG`: every start of a training (``from_epoch`` > 0 when it
+        resumed), by which process on which host. Appends of one short line are atomic, so concurrent
+        processes never interleave; the log is what shows that no run was trained twice."""
+        entry = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"), "event": event,
+                 "key": config.key, "name": config.name, "host": socket.gethostname(), "pid": os.getpid(), **fields}
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+        fd = os.open(self.root / TRAINING_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def training_log(self) -> List[Dict[str, Any]]:
+        """Every line of :data:`TRAINING_LOG`, oldest first (empty if nothing was trained into this store)."""
+        path = self.root / TRAINING_LOG
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     # -- checkpoints and weights -----------------------------------------------------------
     @staticmethod

@@ -94,6 +94,11 @@ def check_tau_search(base) -> None:
         raise ValueError("a tau search needs val_fraction > 0: tau is chosen on validation, never on test")
 
 
+def grid_configs(base, taus: Iterable[float]) -> List:
+    """The runs of a tuned grid: ``base`` once per fixed tau."""
+    return [base.replace(temperature=TemperatureSpec.fixed(float(tau))) for tau in taus]
+
+
 def tuned_sweep(
     base,
     taus: Iterable[float],
@@ -106,11 +111,7 @@ def tuned_sweep(
     """Run ``base`` (any KD config: classification, data-free, detection) once per fixed tau in ``taus``
     (cached runs are loaded) and pick the winner on validation. ``options`` go to the task."""
     check_tau_search(base)
-    taus = [float(t) for t in taus]
-    runs = [
-        train(base.replace(temperature=TemperatureSpec.fixed(tau)), store, device, data_root, progress, **options)
-        for tau in taus
-    ]
+    runs = [train(config, store, device, data_root, progress, **options) for config in grid_configs(base, taus)]
     chosen = choose_on_validation(runs)
     log.info("tuned sweep %s: tau=%g chosen on validation (%.2f%%)", base.name, chosen.config.temperature.tau, chosen.val_accuracy)
     return TunedResult(runs=runs, chosen=chosen)

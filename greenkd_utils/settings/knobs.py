@@ -205,6 +205,12 @@ def _device(value: Any) -> str:
     return value.strip()
 
 
+def _executors() -> Sequence[str]:
+    from greenkd_utils.runs.executors import EXECUTORS
+
+    return EXECUTORS
+
+
 def _profiles() -> Sequence[str]:
     from greenkd_utils.settings.profiles import PROFILES
 
@@ -330,6 +336,10 @@ _KNOB_LIST = [
          "the equivalence margin of the stochastic-vs-tuned verdict"),
     Knob("num_workers", "a whole number >= 0", _int_at_least(0),
          "DataLoader workers of the detection augmentation (0: in the notebook's process)"),
+    Knob("executor", "local or ray", _choice(_executors, "executor"),
+         "who trains the notebook's runs: this kernel, one after another, or Ray, in parallel"),
+    Knob("ray_address", "a Ray cluster address, e.g. auto or ray://head:10001", _folder,
+         "join this Ray cluster (executor ray) instead of starting a local runtime"),
 ]
 
 KNOBS: Dict[str, Knob] = {knob.name: knob for knob in _KNOB_LIST}

@@ -1,0 +1,132 @@
+"""The runs each notebook needs, collected before anything trains: one :class:`~greenkd_utils.runs.plan.RunPlan`.
+
+Each paper module says which runs its notebook reads (its ``needed_runs``); this module knows how each notebook
+sets up its experiment, so that ``run_all.sh`` can collect the runs of every notebook at its defaults
+(:func:`plan_notebooks`), hand them to an executor, then let the notebooks render from the store. Inside a
+notebook, :func:`run_needed` does the same for that notebook, with its own knobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+from greenkd_utils.paper import (
+    beyond_temperature_strategies,
+    experiments,
+    extra_tables,
+    figure1_carbon_curves,
+    figure3_temperature_and_batch,
+    figure4_logits_gradcam_confusion,
+    table1_carbon_footprint,
+    table4_detection,
+    table4_kd_losses,
+    table5_metrics,
+    table6_dfkd,
+    table7_teacher_student_pairs,
+    table8_quantization,
+)
+from greenkd_utils.runs.executors import ExecutionSummary, make_executor
+from greenkd_utils.runs.plan import RunPlan
+
+
+def _start_here_runs(exp, plan: RunPlan) -> None:
+    # The first notebook shows one teacher and one stochastic student on the embedded digits.
+    plan.add(exp.profile.teacher_config("digits", 0), "00_start_here")
+    plan.add(exp.stochastic_config("digits", 0, "hkd"), "00_start_here")
+
+
+@dataclass(frozen=True)
+class NotebookRuns:
+    """How a notebook sets up its experiment at its defaults, and which runs it reads."""
+
+    setup: Callable[..., Tuple[Any, Any]]  # (profile, results_dir, data_root, device, progress) -> (exp, settings)
+    needed: Callable[..., None]  # (exp, settings, plan, **knobs)
+
+
+def _plain(setup):
+    return lambda **common: (setup(**common), None)
+
+
+def _extra(notebook: str):
+    return lambda **common: extra_tables.setup(notebook=notebook, **common)
+
+
+NOTEBOOKS: Dict[str, NotebookRuns] = {
+    "00_start_here": NotebookRuns(_plain(experiments.setup), lambda exp, _, plan: _start_here_runs(exp, plan)),
+    "beyond_temperature_strategies": NotebookRuns(
+        beyond_temperature_strategies.setup, beyond_temperature_strategies.needed_runs),
+    "figure1_carbon_curves": NotebookRuns(
+        _plain(experiments.setup), lambda exp, _, plan, **kw: figure1_carbon_curves.needed_runs(exp, plan, **kw)),
+    "figure3_temperature_and_batch": NotebookRuns(
+        _extra("figure3_temperature_and_batch"), figure3_temperature_and_batch.needed_runs),
+    "figure4_logits_gradcam_confusion": NotebookRuns(
+        _plain(experiments.setup),
+        lambda exp, _, plan, **kw: figure4_logits_gradcam_confusion.needed_runs(exp, plan, **kw)),
+    "table1_carbon_footprint": NotebookRuns(
+        _plain(experiments.setup), lambda exp, _, plan, **kw: table1_carbon_footprint.needed_runs(exp, plan, **kw)),
+    "table4_detection": NotebookRuns(
+        _plain(table4_detection.setup), lambda exp, _, plan, **kw: table4_detection.needed_runs(exp, plan, **kw)),
+    "table4_kd_losses": NotebookRuns(
+        _plain(experiments.setup), lambda exp, _, plan, **kw: table4_kd_losses.needed_runs(exp, plan, **kw)),
+    "table5_metrics": NotebookRuns(
+        _plain(experiments.setup), lambda exp, _, plan, **kw: table5_metrics.needed_runs(exp, plan, **kw)),
+    "table6_dfkd": NotebookRuns(
+        table6_dfkd.setup, lambda exp, _, plan, **kw: table6_dfkd.needed_runs(exp, plan, **kw)),
+    "table7_teacher_student_pairs": NotebookRuns(
+        _extra("table7_teacher_student_pairs"), table7_teacher_student_pairs.needed_runs),
+    "table8_quantization": NotebookRuns(_extra("table8_quantization"), table8_quantization.needed_runs),
+}
+
+
+def check_notebook(name: str) -> str:
+    name = str(name).removesuffix(".ipynb")
+    if name not in NOTEBOOKS:
+        raise ValueError(f"no notebook {name!r} has a run plan; valid: {', '.join(sorted(NOTEBOOKS))}")
+    return name
+
+
+def plan_notebooks(
+    notebooks: Optional[Iterable[str]] = None,
+    profile: str = "demo",
+    results_dir=None,
+    data_root=None,
+    device: Optional[str] = None,
+) -> Tuple[Any, RunPlan]:
+    """The run store and the runs that ``notebooks`` (default: all) need at their default knobs, as run by
+    ``run_all.sh``; every notebook's runs once, teachers before their students."""
+    plan = RunPlan()
+    store = None
+    for name in [check_notebook(n) for n in (notebooks or NOTEBOOKS)]:
+        entry = NOTEBOOKS[name]
+        exp, settings = entry.setup(profile=profile, results_dir=results_dir, data_root=data_root, device=device,
+                                    progress=False)
+        entry.needed(exp, settings, plan)
+        store = store or exp.store
+    return store, plan
+
+
+def plan_of(notebook: str, exp, settings=None, **knobs) -> RunPlan:
+    """The runs one notebook needs with its own experiment and knobs (e.g. ``loss``, ``seed``, ``losses``)."""
+    plan = RunPlan()
+    NOTEBOOKS[check_notebook(notebook)].needed(exp, settings, plan, **_given(knobs))
+    return plan
+
+
+def run_needed(notebook: str, exp, settings=None, executor: Optional[str] = None, address: Optional[str] = None,
+               **knobs) -> ExecutionSummary:
+    """Train (or find cached) every run ``notebook`` reads, with ``executor`` (``local``, the default, or
+    ``ray``: in parallel on a local Ray runtime or the cluster at ``address``). The notebook's cells then
+    read the runs from the store."""
+    plan = plan_of(notebook, exp, settings, **knobs)
+    runner = make_executor(executor or "local", address=address)
+    return runner.run(plan, exp.store, device=exp.device, data_root=exp.data_root, progress=exp.progress)
+
+
+def _given(knobs: Dict[str, Any]) -> Dict[str, Any]:
+    # A notebook passes its knobs as they are; None means "the default", as everywhere else.
+    return {k: v for k, v in knobs.items() if v is not None}
+
+
+def notebook_names() -> Sequence[str]:
+    return tuple(sorted(NOTEBOOKS))

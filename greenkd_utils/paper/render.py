@@ -1,0 +1,98 @@
+"""``python -m greenkd_utils.paper.render``: execute notebooks with papermill once their runs are in the store,
+one after another (``local``) or as Ray tasks, one per core (``ray``). ``run_all.sh`` calls it after training.
+
+Each notebook's seconds and status go to a timings file (the manifest reads it); with Ray, each notebook's
+papermill log goes to ``<output>/<name>.log`` instead of the terminal, since several run at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from greenkd_utils.runs.executors import EXECUTORS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def render_one(notebook: Path, out: Path, parameters: List[Tuple[str, str]], kernel: str,
+               log_file: Optional[Path] = None) -> Tuple[str, float, str]:
+    """papermill ``notebook`` into ``out``; returns (name, seconds, "ok" or "failed")."""
+    command = [sys.executable, "-m", "papermill", str(notebook), str(out / notebook.name), "-k", kernel,
+               "--cwd", str(notebook.parent), "--log-output",
+               "--progress-bar" if log_file is None else "--no-progress-bar"]
+    for name, value in parameters:
+        command += ["-p", name, value]
+    began = time.monotonic()
+    if log_file is None:
+        done = subprocess.run(command)
+    else:
+        with open(log_file, "w") as log:
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    return notebook.stem, time.monotonic() - began, "ok" if done.returncode == 0 else "failed"
+
+
+def render(notebooks: List[Path], out: Path, parameters: List[Tuple[str, str]], timings: Path,
+           executor: str = "local", address: Optional[str] = None, kernel: str = "greenkd") -> Dict[str, str]:
+    """Every notebook rendered; returns name -> status, and appends ``name<TAB>seconds<TAB>status`` to ``timings``."""
+    out.mkdir(parents=True, exist_ok=True)
+    statuses: Dict[str, str] = {}
+
+    def note(name: str, seconds: float, status: str) -> None:
+        statuses[name] = status
+        with open(timings, "a") as f:
+            f.write(f"{name}\t{round(seconds)}\t{status}\n")
+        where = f" (executed copy with the error: {out / (name + '.ipynb')})" if status == "failed" else ""
+        print(f"=== {name} {'done' if status == 'ok' else 'FAILED'} in {seconds:.0f}s{where} ===", flush=True)
+
+    if executor == "local":
+        for notebook in notebooks:
+            print(f"=== {notebook.stem} ===", flush=True)
+            note(*render_one(notebook, out, parameters, kernel))
+        return statuses
+
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # Rendering reads the store and draws: one core each, and on the driver's machine, where out/ is.
+    node = ray.get_runtime_context().get_node_id()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=1, max_retries=1,
+                      scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))(render_one)
+    pending = [task.remote(nb, out, parameters, kernel, out / f"{nb.stem}.log") for nb in notebooks]
+    print(f"rendering {len(pending)} notebooks on Ray; logs in {out}/<notebook>.log", flush=True)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        note(*ray.get(done[0]))
+    return statuses
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m greenkd_utils.paper.render", description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--output-dir", required=True, type=Path)
+    parser.add_argument("--timings", required=True, type=Path)
+    parser.add_argument("--executor", default="local", choices=EXECUTORS)
+    parser.add_argument("--address", default=None)
+    parser.add_argument("--kernel", default="greenkd")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    args = parser.parse_args(argv)
+    statuses = render([p.resolve() for p in args.notebooks], args.output_dir, [tuple(p) for p in args.parameter],
+                      args.timings, args.executor, args.address, args.kernel)
+    failed = [name for name, status in statuses.items() if status != "ok"]
+    if failed:
+        print(f"render: {len(failed)} notebook(s) FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

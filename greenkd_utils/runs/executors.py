@@ -1,0 +1,180 @@
+"""Who trains the runs of a :class:`~greenkd_utils.runs.plan.RunPlan`: this process, one after the other
+(``local``), or Ray, in parallel (``ray``).
+
+``ray`` starts a local Ray runtime with every core (and every GPU, one run per GPU), or joins an existing
+cluster at ``address``. Each run is one Ray task that calls the lifecycle's ``train``; a run waits for the
+runs it needs (its teacher) through Ray's own dependency tracking, so a shared teacher is trained once, before
+its students, and the students then fan out. Nothing here is Ray-specific about *what* a run does:
+
+- a worker killed mid-run is retried by Ray (``max_retries``) and the lifecycle resumes from the run's last
+  checkpoint;
+- the run store's lock per run makes a second invocation (another ``run_all.sh``, another notebook) wait
+  for a run in progress and then load it, never train it again;
+- each task tells the lifecycle how many runs share its machine, so the record says how its energy was
+  attributed (:class:`~greenkd_utils.runs.execution.Concurrency`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from tqdm.auto import tqdm
+
+from greenkd_utils.runs.execution import Concurrency, resolve_device, running_under
+from greenkd_utils.runs.lifecycle import train
+from greenkd_utils.runs.plan import PlannedRun, RunPlan
+from greenkd_utils.runs.store import RunStore
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "ray")
+
+# Ray retries a task whose worker died (killed, out of memory) this many times; each retry resumes the run.
+RAY_RETRIES = 3
+
+
+def check_executor(name: Optional[str]) -> str:
+    name = "local" if name is None else str(name)
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}")
+    return name
+
+
+@dataclass
+class ExecutionSummary:
+    """What an executor did with a plan: runs found in the store, runs trained, runs that failed (key -> error)."""
+
+    executor: str
+    cached: List[str] = field(default_factory=list)
+    trained: List[str] = field(default_factory=list)
+    failed: Dict[str, str] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+    def raise_if_failed(self) -> "ExecutionSummary":
+        if self.failed:
+            lines = "\n".join(f"  {key}: {error}" for key, error in self.failed.items())
+            raise RuntimeError(f"{len(self.failed)} run(s) failed under the {self.executor} executor:\n{lines}")
+        return self
+
+    def describe(self) -> str:
+        return (f"{self.executor} executor: {len(self.trained)} run(s) trained, {len(self.cached)} found in the store, "
+                f"{len(self.failed)} failed, in {self.wall_time_s:.0f} s")
+
+
+def make_executor(name: Optional[str] = "local", address: Optional[str] = None, **options):
+    """The executor called ``name`` (``local`` or ``ray``); ``address`` joins an existing Ray cluster."""
+    name = check_executor(name)
+    if name == "local":
+        if address:
+            raise ValueError("address is a Ray cluster's; it needs executor='ray'")
+        return LocalExecutor()
+    return RayExecutor(address=address, **options)
+
+
+class LocalExecutor:
+    """Every run in this process, dependencies first: today's behaviour of a notebook."""
+
+    name = "local"
+
+    def run(self, plan: RunPlan, store: RunStore, device="auto", data_root=None, progress: bool = True) -> ExecutionSummary:
+        began = time.perf_counter()
+        summary = ExecutionSummary(self.name)
+        cached = plan.cached(store)
+        summary.cached = [k for k, done in cached.items() if done]
+        for run in plan.order():
+            if cached[run.key]:
+                continue
+            train(run.config, store, device, data_root, progress, **run.options)
+            summary.trained.append(run.key)
+        summary.wall_time_s = time.perf_counter() - began
+        return summary
+
+
+def _train_on_worker(config, store_root: str, device: str, data_root, options: Dict[str, Any],
+                     concurrency: Concurrency, *dependencies_done: str) -> str:
+    """One Ray task: the lifecycle's ``train`` in a worker process (its dependencies finished before it)."""
+    with running_under(concurrency):
+        train(config, RunStore(store_root), device, data_root, progress=False, **options)
+    return config.key
+
+
+class RayExecutor:
+    """The plan's missing runs as Ray tasks, each after the runs it needs, as many at once as Ray schedules."""
+
+    name = "ray"
+
+    def __init__(self, address: Optional[str] = None, retries: int = RAY_RETRIES, num_cpus: Optional[int] = None):
+        self.address = address or None
+        self.retries = int(retries)
+        self.num_cpus = num_cpus
+
+    def _init(self, ray, want_gpus: bool) -> None:
+        if ray.is_initialized():
+            return
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False)
+            return
+        import torch
+
+        # Ray reads CUDA_VISIBLE_DEVICES itself; num_gpus says how many runs may hold a GPU at once.
+        gpus = torch.cuda.device_count() if want_gpus else 0
+        ray.init(num_cpus=self.num_cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+
+    def run(self, plan: RunPlan, store: RunStore, device="auto", data_root=None, progress: bool = True) -> ExecutionSummary:
+        import ray
+
+        began = time.perf_counter()
+        summary = ExecutionSummary(self.name)
+        missing = plan.missing(store)
+        summary.cached = [run.key for run in plan.order() if run.key not in missing]
+        if not len(missing):
+            summary.wall_time_s = time.perf_counter() - began
+            return summary
+        on_gpu = resolve_device(device).type == "cuda"
+        self._init(ray, want_gpus=on_gpu)
+        # One run per GPU; on CPUs one core per run (the CPU profiles run one thread per process).
+        resources = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_gpus": 0, "num_cpus": 1}
+        per_node = _runs_per_node(ray, on_gpu)
+        concurrency = Concurrency(executor="ray", runs_sharing_node=per_node, one_run_per_gpu=on_gpu)
+        remote = ray.remote(max_retries=self.retries, retry_exceptions=False, **resources)(_train_on_worker)
+        run_device = "cuda" if on_gpu else "cpu"
+
+        refs: Dict[str, Any] = {}
+        for run in missing.order():
+            deps = [refs[d] for d in run.dependencies]
+            refs[run.key] = remote.remote(run.config, str(store.root), run_device, data_root, run.options,
+                                          concurrency, *deps)
+        names = {refs[k]: missing.runs[k] for k in refs}
+        pending = list(refs.values())
+        with tqdm(total=len(pending), desc=f"runs on Ray ({per_node} at a time)", unit="run",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    run: PlannedRun = names[ref]
+                    try:
+                        ray.get(ref)
+                        summary.trained.append(run.key)
+                    except Exception as err:  # a failed run (or its failed teacher): report, keep the rest going
+                        summary.failed[run.key] = f"{run.name}: {_cause(err)}"
+                    bar.update(1)
+        summary.wall_time_s = time.perf_counter() - began
+        return summary
+
+
+def _runs_per_node(ray, on_gpu: bool) -> int:
+    """How many runs may execute at once on one machine of the cluster (the largest node)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    key = "GPU" if on_gpu else "CPU"
+    counts = [int(n.get("Resources", {}).get(key, 0)) for n in nodes]
+    return max(counts + [1])
+
+
+def _cause(err: Exception) -> str:
+    cause = getattr(err, "cause", None)
+    return f"{type(cause).__name__}: {cause}" if cause is not None else f"{type(err).__name__}: {err}"
