@@ -52,6 +52,12 @@ if [ "$profile" = paper ] && [ -z "$data_root" ] && [ -z "${GREENKD_DATA_ROOT:-}
   exit 2
 fi
 
+# Folders as absolute paths: the notebooks run in notebooks/, Ray workers wherever Ray puts them.
+absolute() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s' "$PWD/$1" ;; esac; }
+[ -n "$data_root" ] && data_root="$(absolute "$data_root")"
+[ -n "$results_dir" ] && results_dir="$(absolute "$results_dir")"
+[ -n "$output_dir" ] && output_dir="$(absolute "$output_dir")"
+
 source "$REPO/scripts/setup_env.sh"
 # The CPU profiles' small models are overhead-bound: one thread per process is faster on a small machine
 # and never thrashes when something else runs (docs/protocol.md, "CPU threads").
@@ -79,6 +85,9 @@ plan_args=(--profile "$profile" --results-dir "$results_dir" --output-dir "$out"
 [ -n "$data_root" ] && plan_args+=(--data-root "$data_root")
 [ -n "$device" ] && plan_args+=(--device "$device")
 [ -n "$only" ] && plan_args+=(--only "${only%.ipynb}")
+# The calibration runs on the executor too (on a cluster: on its workers' devices).
+plan_args+=(--executor "$executor")
+[ -n "$address" ] && plan_args+=(--address "$address")
 if [ "$plan_only" = 1 ]; then
   python -m greenkd_utils.paper.plan "${plan_args[@]}" --list
   exit $?
@@ -86,8 +95,7 @@ fi
 : > "$timings"
 total_start=$(date +%s)
 start=$(date +%s)
-plan_args+=(--execute --executor "$executor")
-[ -n "$address" ] && plan_args+=(--address "$address")
+plan_args+=(--execute)
 if ! python -m greenkd_utils.paper.plan "${plan_args[@]}"; then
   echo "run_all.sh: training the planned runs FAILED" >&2
   exit 1

@@ -50,22 +50,22 @@ def execute(name: str, dirs: dict, profile: str = "smoke", **params) -> Path:
 def check_trained_only_planned_runs(name: str, profile: str, results: Path, logged_before: int) -> None:
     """Every run the notebook trained is in its plan, or is a truncated rung of a planned run (successive
     halving, which the plan notes as adaptive)."""
-    import dataclasses
     import json
 
     from greenkd_utils.paper.needed_runs import plan_notebooks
 
     store, plan = plan_notebooks([name], profile, results)
     trained = {e["key"]: e["name"] for e in store.training_log()[logged_before:] if e["event"] == "started"}
-    planned_names = {run.name for run in plan.runs.values()}
     unplanned = []
     for key, run_name in trained.items():
         if key in plan:
             continue
         config = json.loads((store.runs_dir / f"{run_name}-{key}" / "config.json").read_text())
-        is_rung = bool(plan.adaptive) and run_name in planned_names or any(
-            run.config.to_dict() == {**config, "train": {**config["train"], "epochs": run.config.train.epochs}}
-            for run in plan.runs.values() if dataclasses.is_dataclass(run.config)
+        # A successive-halving rung: a planned run cut short (fewer epochs, nothing else changed).
+        is_rung = any("successive halving" in note for note in plan.adaptive) and any(
+            config["train"]["epochs"] < run.config.train.epochs
+            and run.config.to_dict() == {**config, "train": {**config["train"], "epochs": run.config.train.epochs}}
+            for run in plan.runs.values()
         )
         if not is_rung:
             unplanned.append(run_name)

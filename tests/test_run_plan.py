@@ -14,7 +14,11 @@ from greenkd_utils.core.config import TemperatureSpec
 from greenkd_utils.paper.needed_runs import NOTEBOOKS, check_notebook, plan_notebooks
 from greenkd_utils.runs.executors import LocalExecutor
 from greenkd_utils.runs.plan import RunPlan
-from greenkd_utils.runs.projection import calibration_config, measured_beside_projected, project
+from greenkd_utils.runs.projection import (
+    calibration_config,
+    measured_beside_projected,
+    project,
+)
 from greenkd_utils.runs.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent

@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     repo = Path(__file__).resolve().parents[2]
     manifest = build_manifest(args.profile, args.output_dir, args.timings, repo, args.results_dir)
     atomic_write_json(args.output_dir / "manifest.json", manifest)
-    print(f"manifest: {args.output_dir / 'manifest.json'} ({manifest['total_duration_s']:.0f} s of notebooks)")
+    print(f"manifest: {args.output_dir / 'manifest.json'} ({manifest['total_duration_s']:.0f} s of training and notebooks)")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def describe_bill(bill: Bill) -> str:
         f"  device-hours    {t['device_hours']:.3g}",
         f"  energy          {t['energy_kwh']:.3g} kWh ({t['energy_kwh_pue']:.3g} kWh with PUE {bill.pue:g})",
         f"  CO2eq           {t['co2_g']:.3g} g (at {bill.carbon_intensity_g_per_kwh:g} g/kWh)",
-        f"  how             each run = its epochs x one calibration epoch of its shape on this device; {energy}",
+        f"  how             from a one-epoch calibration run of each run's shape on this device, phase by phase; {energy}",
         f"  calibration     {bill.calibration_wall_time_s:.1f} s, {bill.calibration_energy_kwh:.3g} kWh (this call's share)",
     ]
     if not per_notebook.empty:
@@ -69,7 +69,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     progress = os.environ.get("GREENKD_PROGRESS") != "0"
-    store, plan = plan_notebooks(args.only, args.profile, args.results_dir, args.data_root, args.device)
+    data_root = args.data_root or os.environ.get("GREENKD_DATA_ROOT")
+    data_root = os.path.abspath(data_root) if data_root else None
+    store, plan = plan_notebooks(args.only, args.profile, args.results_dir, data_root, args.device)
     profile = load_profile(args.profile, device=args.device)
     cached = plan.cached(store)
     print(f"run plan ({args.profile}): {len(plan)} runs, {sum(cached.values())} in the store {store.root}, "
@@ -79,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     executor = make_executor(args.executor, address=args.address)
     if args.bill:
         bill = project(plan, store, args.profile, profile.pue, profile.carbon_intensity_g_per_kwh,
-                       device=profile.device, data_root=args.data_root, executor=executor, progress=progress)
+                       device=profile.device, data_root=data_root, executor=executor, progress=progress)
         print(describe_bill(bill))
         if args.output_dir:
             path = Path(args.output_dir) / PLAN_FILE
@@ -87,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             atomic_write_json(path, bill.to_dict())
             print(f"bill written to {path}")
     if args.execute:
-        summary = executor.run(plan, store, device=profile.device, data_root=args.data_root, progress=progress)
+        summary = executor.run(plan, store, device=profile.device, data_root=data_root, progress=progress)
         print(summary.describe())
         if summary.failed:
             print(json.dumps(summary.failed, indent=1), file=sys.stderr)

@@ -17,14 +17,13 @@ its students, and the students then fan out. Nothing here is Ray-specific about 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from tqdm.auto import tqdm
 
-from greenkd_utils.runs.execution import Concurrency, resolve_device, running_under
+from greenkd_utils.runs.execution import Concurrency, running_under
 from greenkd_utils.runs.lifecycle import train
 from greenkd_utils.runs.plan import PlannedRun, RunPlan
 from greenkd_utils.runs.store import RunStore
@@ -112,18 +111,25 @@ class RayExecutor:
         self.retries = int(retries)
         self.num_cpus = num_cpus
 
-    def _init(self, ray, want_gpus: bool) -> None:
-        if ray.is_initialized():
-            return
-        if self.address:
-            ray.init(address=self.address, log_to_driver=False)
-            return
-        import torch
+    def _init(self, ray, device) -> bool:
+        """Start or join Ray; whether the runs go to GPUs (decided by the cluster's resources, since the
+        driver may sit on a machine without the workers' GPUs)."""
+        wants_cpu = str(device) == "cpu"
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                import torch
 
-        # Ray reads CUDA_VISIBLE_DEVICES itself; num_gpus says how many runs may hold a GPU at once.
-        gpus = torch.cuda.device_count() if want_gpus else 0
-        ray.init(num_cpus=self.num_cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+                # Ray detects the usable cores (cgroups and affinity included) and reads CUDA_VISIBLE_DEVICES.
+                gpus = 0 if wants_cpu else torch.cuda.device_count()
+                ray.init(num_cpus=self.num_cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if str(device).startswith("cuda") and gpus < 1:
+            raise ValueError(f"device {device!r} was asked for, but the Ray cluster has no GPU; "
+                             "use device='cpu' or 'auto', or join a cluster with GPUs")
+        return not wants_cpu and gpus >= 1
 
     def run(self, plan: RunPlan, store: RunStore, device="auto", data_root=None, progress: bool = True) -> ExecutionSummary:
         import ray
@@ -135,20 +141,17 @@ class RayExecutor:
         if not len(missing):
             summary.wall_time_s = time.perf_counter() - began
             return summary
-        on_gpu = resolve_device(device).type == "cuda"
-        self._init(ray, want_gpus=on_gpu)
-        # One run per GPU; on CPUs one core per run (the CPU profiles run one thread per process).
-        resources = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_gpus": 0, "num_cpus": 1}
+        on_gpu = self._init(ray, device)
         per_node = _runs_per_node(ray, on_gpu)
         concurrency = Concurrency(executor="ray", runs_sharing_node=per_node, one_run_per_gpu=on_gpu)
-        remote = ray.remote(max_retries=self.retries, retry_exceptions=False, **resources)(_train_on_worker)
+        remote = ray.remote(max_retries=self.retries, retry_exceptions=False)(_train_on_worker)
         run_device = "cuda" if on_gpu else "cpu"
 
         refs: Dict[str, Any] = {}
         for run in missing.order():
             deps = [refs[d] for d in run.dependencies]
-            refs[run.key] = remote.remote(run.config, str(store.root), run_device, data_root, run.options,
-                                          concurrency, *deps)
+            refs[run.key] = remote.options(**_resources(run, on_gpu)).remote(
+                run.config, str(store.root), run_device, data_root, run.options, concurrency, *deps)
         names = {refs[k]: missing.runs[k] for k in refs}
         pending = list(refs.values())
         with tqdm(total=len(pending), desc=f"runs on Ray ({per_node} at a time)", unit="run",
@@ -165,6 +168,13 @@ class RayExecutor:
                     bar.update(1)
         summary.wall_time_s = time.perf_counter() - began
         return summary
+
+
+def _resources(run: PlannedRun, on_gpu: bool) -> Dict[str, float]:
+    """What one run holds while it trains: one whole GPU on GPUs, one core on CPUs (the CPU profiles run one
+    thread per process), plus a core per DataLoader worker it starts (detection's augmentation)."""
+    cpus = 1 + int(run.options.get("num_workers", 0) or 0)
+    return {"num_gpus": 1 if on_gpu else 0, "num_cpus": cpus}
 
 
 def _runs_per_node(ray, on_gpu: bool) -> int:

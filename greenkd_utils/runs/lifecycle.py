@@ -78,6 +78,8 @@ class Task:
     name: ClassVar[str]
     config_type: ClassVar[type]
     epoch_phases: ClassVar[Tuple[str, ...]] = ("training",)
+    # Whether evaluate() runs a full evaluation after every epoch (a detector's mAP runs after the last only).
+    evaluates_every_epoch: ClassVar[bool] = True
     flop_definition: ClassVar[str] = ""
     # Functions (result, ...) that read as methods of this task's RunResult, e.g. ``result.load_samples(store)``.
     result_methods: ClassVar[Dict[str, Callable[..., Any]]] = {}

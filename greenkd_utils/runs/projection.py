@@ -4,9 +4,9 @@ in the store, from a short calibration measured on this device.
 Calibration. Runs of the same shape cost the same per epoch whatever their seed or fixed tau, so each shape
 is trained once for ONE epoch (seed 0, a fixed tau of 4, its teacher also one epoch) by the ordinary
 lifecycle, metered like any run, into a store of its own (``<results>/calibration/<device>/``, so a second
-``--plan`` costs nothing). A run of E epochs is then projected as E x the first epoch (its training, its
-evaluation, its checkpoint) plus the calibration's tail (final evaluation and weights). FLOPs are the
-calibration's counted training FLOPs x E. The energy of the calibration is measured or estimated exactly as
+``--plan`` costs nothing). A run of E epochs is then projected from the calibration's phases: E x (synthesis,
+training, checkpoint writes), its evaluation E times (once for a task that evaluates only after its last
+epoch, a detector's mAP) and the tail once. FLOPs are the calibration's counted training FLOPs x E. The energy of the calibration is measured or estimated exactly as
 a run's is, and the projection says which.
 
 What it cannot know: a first epoch can be slower than later ones (allocator and cuDNN warm-up), so projections
@@ -25,6 +25,7 @@ from greenkd_utils.core.config import StoredConfig, TemperatureSpec
 from greenkd_utils.energy.flops import gflops_millions
 from greenkd_utils.energy.report import EnergyReport
 from greenkd_utils.runs.execution import describe_device, resolve_device
+from greenkd_utils.runs.lifecycle import task_for
 from greenkd_utils.runs.plan import RunPlan
 from greenkd_utils.runs.record import RunResult
 from greenkd_utils.runs.store import RunStore
@@ -120,8 +121,8 @@ class Bill:
     def to_dict(self) -> Dict[str, Any]:
         return {
             "label": "projected",
-            "how": ("each run = its epochs x the first epoch of a one-epoch calibration run of the same shape "
-                    "measured on this device, plus the calibration's final evaluation and weights"),
+            "how": ("each run from a one-epoch calibration run of the same shape on this device, phase by phase: "
+                    "epochs x (synthesis, training, checkpoints), evaluation once per evaluating epoch"),
             "profile": self.profile,
             "device": self.device,
             "pue": self.pue,
@@ -137,8 +138,15 @@ class Bill:
         }
 
 
+def _device_name(device) -> str:
+    try:
+        return describe_device(resolve_device(device))
+    except ValueError:  # e.g. cuda asked for on a driver without a GPU: the executor's workers have it
+        return str(device)
+
+
 def calibration_store(results_dir: str | Path, device) -> RunStore:
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", describe_device(resolve_device(device))).strip("_").lower()
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", _device_name(device)).strip("_").lower()
     return RunStore(Path(results_dir) / "calibration" / slug)
 
 
@@ -148,9 +156,8 @@ def project(plan: RunPlan, store: RunStore, profile: str, pue: float, carbon_int
     calibration runs are themselves a plan, trained by ``executor``: local by default, or Ray)."""
     from greenkd_utils.runs.executors import LocalExecutor
 
-    device = resolve_device(device)
     missing = plan.missing(store)
-    bill = Bill(profile, describe_device(device), pue, carbon_intensity_g_per_kwh, len(plan), len(plan) - len(missing),
+    bill = Bill(profile, _device_name(device), pue, carbon_intensity_g_per_kwh, len(plan), len(plan) - len(missing),
                 adaptive=list(plan.adaptive))
     calibrations = calibration_store(store.root, device)
     shapes = RunPlan()
@@ -172,13 +179,21 @@ def project(plan: RunPlan, store: RunStore, profile: str, pue: float, carbon_int
     return bill
 
 
+# The calibration's phases that a run of E epochs repeats every epoch; evaluation is repeated where the task
+# evaluates every epoch; "other" (the tail until the meter stops) comes once.
+PER_EPOCH_PHASES = ("synthesis", "training", "checkpoints")
+
+
+def _scaled(by_phase: Dict[str, float], epochs: int, evaluations: int) -> float:
+    per_epoch = sum(by_phase.get(p, 0.0) for p in PER_EPOCH_PHASES)
+    return epochs * per_epoch + evaluations * by_phase.get("evaluation", 0.0) + by_phase.get("other", 0.0)
+
+
 def _projected(run, calibration: RunResult) -> RunProjection:
     epochs = int(run.config.train.epochs)
-    first = calibration.history[0] if calibration.history else {}
-    energy_epoch = float(first.get("energy_kwh", calibration.energy.energy_kwh))
-    wall_epoch = float(first.get("wall_time_s", calibration.wall_time_s))
-    energy_tail = max(0.0, calibration.energy.energy_kwh - energy_epoch)
-    wall_tail = max(0.0, calibration.wall_time_s - wall_epoch)
+    evaluations = epochs if task_for(run.config).evaluates_every_epoch else 1
+    energy = {phase: report.energy_kwh for phase, report in calibration.energy_by_phase.items()}
+    wall = dict(calibration.wall_time_by_phase)
     return RunProjection(
         key=run.key,
         name=run.name,
@@ -186,8 +201,8 @@ def _projected(run, calibration: RunResult) -> RunProjection:
         notebooks=list(run.needed_by),
         epochs=epochs,
         training_flops=float(calibration.training_flops) * epochs,
-        wall_time_s=wall_epoch * epochs + wall_tail,
-        energy_kwh=energy_epoch * epochs + energy_tail,
+        wall_time_s=_scaled(wall, epochs, evaluations),
+        energy_kwh=_scaled(energy, epochs, evaluations),
         energy_source=f"projected from a calibration whose energy was {calibration.energy.source}",
         calibration_key=calibration.key,
     )

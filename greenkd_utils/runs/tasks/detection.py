@@ -239,6 +239,8 @@ class DetectionTask(StudentTask):
         self.images_evaluated += len(dataset)
         return evaluate_model(self.model, dataset, self.mean, self.std, self.device, plan=self.plan)
 
+    evaluates_every_epoch = False
+
     def evaluate(self, epoch: int, last: bool) -> Dict[str, Any]:
         # mAP takes longer than an epoch of the demo: after the last epoch, and every eval_every epochs if asked.
         has_val = len(self.data.val) > 0
