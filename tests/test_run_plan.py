@@ -16,6 +16,7 @@ from greenkd_utils.runs.executors import LocalExecutor
 from greenkd_utils.runs.plan import RunPlan
 from greenkd_utils.runs.projection import (
     calibration_config,
+    calibration_store,
     measured_beside_projected,
     project,
 )
@@ -87,6 +88,28 @@ def test_the_projection_counts_the_flops_the_runs_then_count(tmp_path):
     assert again.n_cached == 2 and again.runs == [] and again.calibration_wall_time_s == 0
 
 
+def test_a_teacher_pass_done_once_per_run_is_projected_once(tmp_path, smoke):
+    import dataclasses
+
+    from greenkd_utils.core.config import AugmentSettings
+
+    base = smoke.kd_config("digits", 0, "hkd", TemperatureSpec.fixed(4.0))
+    config = base.replace(train=dataclasses.replace(
+        base.train, epochs=4, augment=AugmentSettings(crop_padding=0, flip=False, rotation_deg=0.0)))
+    plan = RunPlan()
+    plan.add(config, "test")
+    store = RunStore(tmp_path / "store")
+    bill = project(plan, store, "smoke", 1.67, 294.0, device="cpu")
+    LocalExecutor().run(plan, store, device="cpu", progress=False)
+    record = store.load_result(config)
+    assert record["flops"]["teacher_outputs_reused"] is True  # no augmentation: one teacher pass per run
+    projected = {r.key: r.training_flops for r in bill.runs}
+    assert projected[config.key] == pytest.approx(record["flops"]["training_flops"], rel=1e-9)
+    # Four epochs cost less than four times the one-epoch calibration, which paid the teacher pass too.
+    calibration = calibration_store(store.root, "cpu").load_result(calibration_config(config))
+    assert projected[config.key] < 4 * calibration["flops"]["training_flops"]
+
+
 def test_run_all_plan_lists_and_bills_without_training(tmp_path):
     results, out = tmp_path / "results", tmp_path / "figures"
     done = subprocess.run(
@@ -104,7 +127,8 @@ def test_run_all_plan_lists_and_bills_without_training(tmp_path):
 def test_run_all_refuses_an_unknown_executor():
     done = subprocess.run(["bash", str(REPO / "run_all.sh"), "--executor", "dask"], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown executor 'dask'; valid: local ray" in done.stderr
-    done = subprocess.run(["bash", str(REPO / "run_all.sh"), "--address", "auto"], capture_output=True, text=True)
+    done = subprocess.run(["bash", str(REPO / "run_all.sh"), "--profile", "smoke", "--address", "auto"],
+                          capture_output=True, text=True)
     assert done.returncode == 2 and "--address is a Ray cluster's" in done.stderr
 
 

@@ -158,6 +158,12 @@ class Task:
         """``by_phase`` (FLOPs of synthesis, training and evaluation) and the counts behind them."""
         raise NotImplementedError
 
+    @classmethod
+    def projected_training_flops(cls, flops: Dict[str, Any], epochs: int) -> float:
+        """Training FLOPs of a run of ``epochs`` epochs, from the ``flops`` record of a one-epoch run of the
+        same shape (the bill's calibration): every epoch repeats the first by default."""
+        return float(flops["training_flops"]) * epochs
+
     def describe_data(self) -> Dict[str, Any]:
         raise NotImplementedError
 
@@ -199,6 +205,13 @@ class StudentTask(Task):
     has one; the FLOP count follows the teacher forwards that actually ran."""
 
     counters = ("samples_seen", "images_evaluated", "teacher_forwards")
+
+    @classmethod
+    def projected_training_flops(cls, flops: Dict[str, Any], epochs: int) -> float:
+        # Teacher outputs computed once for the run (training without augmentation) are not repeated per epoch.
+        per_sample = flops.get("per_sample", {}).get("teacher_forward", 0)
+        once = per_sample * flops.get("teacher_forwards", 0) if flops.get("teacher_outputs_reused") else 0.0
+        return (float(flops["training_flops"]) - once) * epochs + once
 
     def __init__(self, config, device, dependencies, store, data_root=None, **options):
         super().__init__(config, device, dependencies, store, data_root, **options)

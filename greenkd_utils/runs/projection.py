@@ -4,9 +4,11 @@ in the store, from a short calibration measured on this device.
 Calibration. Runs of the same shape cost the same per epoch whatever their seed or fixed tau, so each shape
 is trained once for ONE epoch (seed 0, a fixed tau of 4, its teacher also one epoch) by the ordinary
 lifecycle, metered like any run, into a store of its own (``<results>/calibration/<device>/``, so a second
-``--plan`` costs nothing). A run of E epochs is then projected from the calibration's phases: E x (synthesis,
-training, checkpoint writes), its evaluation E times (once for a task that evaluates only after its last
-epoch, a detector's mAP) and the tail once. FLOPs are the calibration's counted training FLOPs x E. The energy of the calibration is measured or estimated exactly as
+``--plan`` costs nothing). A run of E epochs is then projected from the calibration, phase by phase: its
+training FLOPs as the task says (``Task.projected_training_flops``: E x the epoch's, except teacher outputs
+computed once for the run), synthesis and training energy and time in proportion to those FLOPs, checkpoint
+writes E times, evaluation E times (once for a task that evaluates only after its last epoch, a detector's
+mAP), the tail once. The energy of the calibration is measured or estimated exactly as
 a run's is, and the projection says which.
 
 What it cannot know: a first epoch can be slower than later ones (allocator and cuDNN warm-up), so projections
@@ -179,19 +181,22 @@ def project(plan: RunPlan, store: RunStore, profile: str, pue: float, carbon_int
     return bill
 
 
-# The calibration's phases that a run of E epochs repeats every epoch; evaluation is repeated where the task
-# evaluates every epoch; "other" (the tail until the meter stops) comes once.
-PER_EPOCH_PHASES = ("synthesis", "training", "checkpoints")
+# The calibration's phases whose work grows with the training FLOPs (a teacher pass done once for the run is in
+# the first epoch only), with the number of epochs, with the number of evaluations, or not at all.
+COMPUTE_PHASES = ("synthesis", "training")
 
 
-def _scaled(by_phase: Dict[str, float], epochs: int, evaluations: int) -> float:
-    per_epoch = sum(by_phase.get(p, 0.0) for p in PER_EPOCH_PHASES)
-    return epochs * per_epoch + evaluations * by_phase.get("evaluation", 0.0) + by_phase.get("other", 0.0)
+def _scaled(by_phase: Dict[str, float], compute: float, epochs: int, evaluations: int) -> float:
+    return (compute * sum(by_phase.get(p, 0.0) for p in COMPUTE_PHASES) + epochs * by_phase.get("checkpoints", 0.0)
+            + evaluations * by_phase.get("evaluation", 0.0) + by_phase.get("other", 0.0))
 
 
 def _projected(run, calibration: RunResult) -> RunProjection:
+    task = task_for(run.config)
     epochs = int(run.config.train.epochs)
-    evaluations = epochs if task_for(run.config).evaluates_every_epoch else 1
+    evaluations = epochs if task.evaluates_every_epoch else 1
+    flops = task.projected_training_flops(calibration.flops, epochs)
+    compute = flops / calibration.training_flops if calibration.training_flops > 0 else float(epochs)
     energy = {phase: report.energy_kwh for phase, report in calibration.energy_by_phase.items()}
     wall = dict(calibration.wall_time_by_phase)
     return RunProjection(
@@ -200,9 +205,9 @@ def _projected(run, calibration: RunResult) -> RunProjection:
         task=run.task,
         notebooks=list(run.needed_by),
         epochs=epochs,
-        training_flops=float(calibration.training_flops) * epochs,
-        wall_time_s=_scaled(wall, epochs, evaluations),
-        energy_kwh=_scaled(energy, epochs, evaluations),
+        training_flops=flops,
+        wall_time_s=_scaled(wall, compute, epochs, evaluations),
+        energy_kwh=_scaled(energy, compute, epochs, evaluations),
         energy_source=f"projected from a calibration whose energy was {calibration.energy.source}",
         calibration_key=calibration.key,
     )

@@ -197,7 +197,8 @@ class ClassificationTask(StudentTask):
         return split_accuracies(self.model, data, self.plan)
 
     def flops(self) -> Dict[str, Any]:
-        return student_run_flops(self.per_sample, self.samples_seen, self.images_evaluated, self.teacher_forwards)
+        counted = student_run_flops(self.per_sample, self.samples_seen, self.images_evaluated, self.teacher_forwards)
+        return {**counted, "teacher_outputs_reused": self.fixed_teacher_logits is not None}
 
 
     def describe_data(self) -> Dict[str, Any]:

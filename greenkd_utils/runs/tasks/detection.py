@@ -265,8 +265,9 @@ class DetectionTask(StudentTask):
         }
 
     def flops(self) -> Dict[str, Any]:
-        return student_run_flops(self.per_image, self.samples_seen, self.images_evaluated, self.teacher_forwards,
-                                 forward_per_image=self.forward_per_image)
+        counted = student_run_flops(self.per_image, self.samples_seen, self.images_evaluated, self.teacher_forwards,
+                                    forward_per_image=self.forward_per_image)
+        return {**counted, "teacher_outputs_reused": self.cached_teacher_logits is not None}
 
 
     def describe_data(self) -> Dict[str, Any]:
