@@ -64,7 +64,8 @@ def check_trained_only_planned_runs(name: str, profile: str, results: Path, logg
         # A successive-halving rung: a planned run cut short (fewer epochs, nothing else changed).
         is_rung = any("successive halving" in note for note in plan.adaptive) and any(
             config["train"]["epochs"] < run.config.train.epochs
-            and run.config.to_dict() == {**config, "train": {**config["train"], "epochs": run.config.train.epochs}}
+            and json.loads(json.dumps(run.config.to_dict()))  # as config.json holds it: lists, not tuples
+            == {**config, "train": {**config["train"], "epochs": run.config.train.epochs}}
             for run in plan.runs.values()
         )
         if not is_rung:
