@@ -52,27 +52,27 @@ def _extra(notebook: str):
     return lambda **common: extra_tables.setup(notebook=notebook, **common)
 
 
+def _without_settings(needed_runs):
+    # needed_runs(exp, plan, **knobs) of a notebook whose experiment carries everything it needs
+    return lambda exp, _, plan, **knobs: needed_runs(exp, plan, **knobs)
+
+
 NOTEBOOKS: Dict[str, NotebookRuns] = {
-    "00_start_here": NotebookRuns(_plain(experiments.setup), lambda exp, _, plan: _start_here_runs(exp, plan)),
+    "00_start_here": NotebookRuns(_plain(experiments.setup), _without_settings(_start_here_runs)),
     "beyond_temperature_strategies": NotebookRuns(
         beyond_temperature_strategies.setup, beyond_temperature_strategies.needed_runs),
     "figure1_carbon_curves": NotebookRuns(
-        _plain(experiments.setup), lambda exp, _, plan, **kw: figure1_carbon_curves.needed_runs(exp, plan, **kw)),
+        _plain(experiments.setup), _without_settings(figure1_carbon_curves.needed_runs)),
     "figure3_temperature_and_batch": NotebookRuns(
         _extra("figure3_temperature_and_batch"), figure3_temperature_and_batch.needed_runs),
     "figure4_logits_gradcam_confusion": NotebookRuns(
-        _plain(experiments.setup),
-        lambda exp, _, plan, **kw: figure4_logits_gradcam_confusion.needed_runs(exp, plan, **kw)),
+        _plain(experiments.setup), _without_settings(figure4_logits_gradcam_confusion.needed_runs)),
     "table1_carbon_footprint": NotebookRuns(
-        _plain(experiments.setup), lambda exp, _, plan, **kw: table1_carbon_footprint.needed_runs(exp, plan, **kw)),
-    "table4_detection": NotebookRuns(
-        _plain(table4_detection.setup), lambda exp, _, plan, **kw: table4_detection.needed_runs(exp, plan, **kw)),
-    "table4_kd_losses": NotebookRuns(
-        _plain(experiments.setup), lambda exp, _, plan, **kw: table4_kd_losses.needed_runs(exp, plan, **kw)),
-    "table5_metrics": NotebookRuns(
-        _plain(experiments.setup), lambda exp, _, plan, **kw: table5_metrics.needed_runs(exp, plan, **kw)),
-    "table6_dfkd": NotebookRuns(
-        table6_dfkd.setup, lambda exp, _, plan, **kw: table6_dfkd.needed_runs(exp, plan, **kw)),
+        _plain(experiments.setup), _without_settings(table1_carbon_footprint.needed_runs)),
+    "table4_detection": NotebookRuns(_plain(table4_detection.setup), _without_settings(table4_detection.needed_runs)),
+    "table4_kd_losses": NotebookRuns(_plain(experiments.setup), _without_settings(table4_kd_losses.needed_runs)),
+    "table5_metrics": NotebookRuns(_plain(experiments.setup), _without_settings(table5_metrics.needed_runs)),
+    "table6_dfkd": NotebookRuns(table6_dfkd.setup, _without_settings(table6_dfkd.needed_runs)),
     "table7_teacher_student_pairs": NotebookRuns(
         _extra("table7_teacher_student_pairs"), table7_teacher_student_pairs.needed_runs),
     "table8_quantization": NotebookRuns(_extra("table8_quantization"), table8_quantization.needed_runs),

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from greenkd_utils.runs.executors import EXECUTORS
+from greenkd_utils.runs.executors import EXECUTORS, start_ray
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,13 +74,7 @@ def _on_gpu_machine() -> bool:
 
 
 def _render_on_ray(notebooks: List[Path], out: Path, parameters, kernel: str, address: Optional[str], note) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray = start_ray(address)
     # Rendering reads the store and draws: one core each, and on the driver's machine, where out/ is.
     node = ray.get_runtime_context().get_node_id()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -114,17 +114,10 @@ class RayExecutor:
     def _init(self, ray, device) -> bool:
         """Start or join Ray; whether the runs go to GPUs (decided by the cluster's resources, since the
         driver may sit on a machine without the workers' GPUs)."""
-        wants_cpu = str(device) == "cpu"
-        if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False)
-            else:
-                import torch
+        import torch
 
-                # Ray detects the usable cores (cgroups and affinity included) and reads CUDA_VISIBLE_DEVICES.
-                gpus = 0 if wants_cpu else torch.cuda.device_count()
-                ray.init(num_cpus=self.num_cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)
+        wants_cpu = str(device) == "cpu"
+        start_ray(self.address, num_cpus=self.num_cpus, num_gpus=0 if wants_cpu else torch.cuda.device_count())
         gpus = ray.cluster_resources().get("GPU", 0)
         if str(device).startswith("cuda") and gpus < 1:
             raise ValueError(f"device {device!r} was asked for, but the Ray cluster has no GPU; "
@@ -168,6 +161,19 @@ class RayExecutor:
                     bar.update(1)
         summary.wall_time_s = time.perf_counter() - began
         return summary
+
+
+def start_ray(address: Optional[str] = None, **local):
+    """Join the Ray cluster at ``address``, or start a local runtime with ``local`` resources (``num_cpus=None``:
+    Ray counts the usable cores itself, cgroups and affinity included); nothing if Ray is up already."""
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+    return ray
 
 
 def _resources(run: PlannedRun, on_gpu: bool) -> Dict[str, float]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, List
 
 from greenkd_utils.runs.lifecycle import task_for
 from greenkd_utils.runs.store import RunStore
@@ -45,9 +45,6 @@ class RunPlan:
     def __len__(self) -> int:
         return len(self.runs)
 
-    def __iter__(self) -> Iterator[PlannedRun]:
-        return iter(self.order())
-
     def __contains__(self, key: str) -> bool:
         return key in self.runs
 
@@ -72,14 +69,6 @@ class RunPlan:
     def note_adaptive(self, description: str) -> None:
         if description not in self.adaptive:
             self.adaptive.append(description)
-
-    def merge(self, other: "RunPlan") -> "RunPlan":
-        for run in other.order():
-            for notebook in run.needed_by:
-                self.add(run.config, notebook, **run.options)
-        for note in other.adaptive:
-            self.note_adaptive(note)
-        return self
 
     def order(self) -> List[PlannedRun]:
         """Every run after the runs it needs (depth-first, otherwise in the order they were added)."""
@@ -119,6 +108,3 @@ class RunPlan:
             for notebook in run.needed_by:
                 out.setdefault(notebook, []).append(run)
         return out
-
-    def find(self, key: str) -> Optional[PlannedRun]:
-        return self.runs.get(key)
