@@ -108,7 +108,7 @@ def test_round_trip_preserves_the_key(kd_config, smoke):
 def test_run_config_validation(kd_config):
     with pytest.raises(ValueError, match="teacher, student, kd"):
         kd_config.replace(role="pupil")
-    with pytest.raises(ValueError, match="cmc, dml, hkd"):
+    with pytest.raises(ValueError, match="cmc, cmc_softmax, cmc_sum, dml, hkd"):
         kd_config.replace(loss="fitnet")
     with pytest.raises(ValueError, match="val_fraction"):
         kd_config.replace(val_fraction=1.0)

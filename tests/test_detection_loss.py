@@ -106,7 +106,7 @@ def test_no_used_anchor_gives_a_zero_with_a_graph_and_bad_names_are_errors():
     zero = anchor_distillation("dml", s, torch.randn(1, 10, 4), torch.zeros(1, 10, dtype=torch.bool), 2.0)
     zero.backward()
     assert zero.item() == 0.0 and s.grad is not None
-    with pytest.raises(ValueError, match="cmc, dml, hkd"):
+    with pytest.raises(ValueError, match="cmc, cmc_softmax, cmc_sum, dml, hkd"):
         anchor_distillation("fitnet", s, s, torch.ones(1, 10, dtype=torch.bool), 2.0)
     with pytest.raises(ValueError, match="batchmean"):
         anchor_distillation("hkd", s, s, torch.ones(1, 10, dtype=torch.bool), 2.0, kl_reduction="sum")

@@ -67,7 +67,7 @@ def test_bad_configs_name_the_valid_choices():
         _tiny().replace(dataset="coco", shapes=None)
     with pytest.raises(ValueError, match="vgg16_ssd, mobilenetv2_ssdlite"):
         _tiny().replace(model="yolo")
-    with pytest.raises(ValueError, match="cmc, dml, hkd"):
+    with pytest.raises(ValueError, match="cmc, cmc_softmax, cmc_sum, dml, hkd"):
         _tiny("kd").replace(loss="ce")
     with pytest.raises(ValueError, match="none, flip, ssd"):
         DetectionTrainSettings(augment="mixup")

@@ -60,6 +60,17 @@ def ref_loss(name, s, t, y, tau, alpha=ALPHA, kl_reduction="batchmean") -> float
         for i in range(n):
             distill += sum((s[i, k] / taus[i] - t[i, k] / taus[i]) ** 2 for k in range(c)) / c
         distill /= n
+    elif name == "cmc_sum":  # the sensitivity table's reading: summed, not averaged, over classes
+        distill = 0.0
+        for i in range(n):
+            distill += sum((s[i, k] / taus[i] - t[i, k] / taus[i]) ** 2 for k in range(c))
+        distill /= n
+    elif name == "cmc_softmax":  # the sensitivity table's reading: on softmax probabilities
+        distill = 0.0
+        for i in range(n):
+            p_s, p_t = _softmax(s[i] / taus[i]), _softmax(t[i] / taus[i])
+            distill += sum((p_s[k] - p_t[k]) ** 2 for k in range(c)) / c
+        distill /= n
     else:
         raise AssertionError(name)
     return alpha * distill + (1 - alpha) * ref_ce(s, y)
@@ -81,7 +92,7 @@ def _np(*tensors):
 # --------------------------------------------------------------------------- formulas
 
 
-@pytest.mark.parametrize("name", ["hkd", "cmc", "dml"])
+@pytest.mark.parametrize("name", ["hkd", "cmc", "dml", "cmc_sum", "cmc_softmax"])
 @pytest.mark.parametrize("kl_reduction", ["batchmean", "mean"])
 @pytest.mark.parametrize("tau", [1.0, 4.0, 13.5])
 def test_each_loss_matches_the_protocol_formula(batch, name, kl_reduction, tau):
@@ -127,6 +138,18 @@ def test_hand_computed_two_class_case():
     assert float(kd_loss("cmc", s, t, y, tau=tau)) == pytest.approx(
         0.95 * 0.6034744528 + 0.05 * 0.6931471806, abs=1e-6
     )
+
+
+def test_cmc_variants_hand_computed_two_class_case():
+    # s = 0, t/tau = [ln 3, 0]: summed over the 2 classes, (ln 3)^2 = 1.206948906 (twice the mean);
+    # on probabilities, p_s = [1/2, 1/2], p_t = [3/4, 1/4]: mean of (1/4)^2 and (1/4)^2 = 0.0625.
+    tau = 2.0
+    s = torch.zeros(1, 2, dtype=torch.float64)
+    t = torch.tensor([[tau * math.log(3.0), 0.0]], dtype=torch.float64)
+    y = torch.tensor([0])
+    ce = 0.05 * 0.6931471806
+    assert float(kd_loss("cmc_sum", s, t, y, tau=tau)) == pytest.approx(0.95 * 1.2069489057 + ce, abs=1e-6)
+    assert float(kd_loss("cmc_softmax", s, t, y, tau=tau)) == pytest.approx(0.95 * 0.0625 + ce, abs=1e-9)
 
 
 # --------------------------------------------------------------------------- properties of the KL term
@@ -220,7 +243,7 @@ def test_gradients_reach_student_but_not_teacher(batch, name):
 
 def test_unknown_loss_names_the_valid_ones(batch):
     s, t, y = batch
-    with pytest.raises(ValueError, match="cmc, dml, hkd"):
+    with pytest.raises(ValueError, match="cmc, cmc_softmax, cmc_sum, dml, hkd"):
         kd_loss("fitnet", s, t, y, tau=2.0)
 
 
@@ -251,5 +274,5 @@ def test_registered_loss_is_usable_and_cleaned_up(batch):
     finally:
         KD_LOSSES.pop(name, None)
     assert name not in losses.KD_LOSSES
-    with pytest.raises(ValueError, match="valid: cmc, dml, hkd$"):
+    with pytest.raises(ValueError, match="valid: cmc, cmc_softmax, cmc_sum, dml, hkd$"):
         kd_loss(name, s, t, y, tau=2.0)

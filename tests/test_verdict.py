@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from greenkd_utils.analysis.verdict import classify, paired_verdict
@@ -70,3 +71,32 @@ def test_bad_margin_is_refused_by_name(margin):
 def test_unpaired_inputs_are_refused():
     with pytest.raises(ValueError, match="same"):
         paired_verdict([90.0, 91.0], [90.0])
+
+
+# --------------------------------------------------------------------------- the power calculation
+def test_expected_half_width_is_the_t_interval_of_a_sample_with_that_spread():
+    # A sample whose standard deviation is exactly sd: scipy's one-sample t interval has that half-width.
+    from scipy import stats as sps
+
+    from greenkd_utils.analysis.verdict import expected_half_width
+
+    for n, sd in ((5, 1.98), (10, 1.322), (20, 0.7)):
+        base = np.linspace(-1.0, 1.0, n)
+        sample = base / base.std(ddof=1) * sd
+        interval = sps.ttest_1samp(sample, 0.0).confidence_interval(0.95)
+        assert expected_half_width(sd, n) == pytest.approx((interval.high - interval.low) / 2, rel=1e-9)
+
+
+def test_seeds_for_half_width_is_the_fewest_that_reach_the_margin():
+    from greenkd_utils.analysis.verdict import expected_half_width, seeds_for_half_width
+
+    # The demo's amendment: the largest seed-to-seed spread of a baseline arm, 0.935 points (tuned CMC over
+    # 5 seeds), as the spread of a difference of two independent arms: sqrt(2) * 0.935 = 1.322 points.
+    n = seeds_for_half_width(1.322, 1.0)
+    assert n == 10
+    assert expected_half_width(1.322, n) <= 1.0 < expected_half_width(1.322, n - 1)
+    assert seeds_for_half_width(0.0, 1.0) == 2
+    with pytest.raises(ValueError, match="half_width"):
+        seeds_for_half_width(1.0, 0.0)
+    with pytest.raises(ValueError, match="sd_difference"):
+        seeds_for_half_width(float("nan"), 1.0)

@@ -111,3 +111,25 @@ def paired_verdict(
         margin_pct=margin,
         verdict=classify(low, high, margin),
     )
+
+
+def expected_half_width(sd_difference: float, n_seeds: int, confidence: float = CONFIDENCE) -> float:
+    """The expected half-width of the paired t interval over ``n_seeds`` seeds when the per-seed difference has
+    standard deviation ``sd_difference``: t_{(1+confidence)/2, n-1} * sd / sqrt(n)."""
+    if n_seeds < 2:
+        return float("inf")
+    return float(stats.t.ppf((1 + confidence) / 2, n_seeds - 1) * sd_difference / math.sqrt(n_seeds))
+
+
+def seeds_for_half_width(sd_difference: float, half_width: float, confidence: float = CONFIDENCE) -> int:
+    """The power calculation of a verdict: the fewest seeds whose expected interval half-width is at most
+    ``half_width`` (e.g. the equivalence margin). ``sd_difference`` must come from baseline runs, never from
+    the differences under test (docs/protocol.md)."""
+    if not (sd_difference >= 0 and math.isfinite(sd_difference)):
+        raise ValueError(f"sd_difference must be a finite number >= 0; got {sd_difference!r}")
+    if not half_width > 0:
+        raise ValueError(f"half_width must be > 0; got {half_width!r}")
+    n = 2
+    while expected_half_width(sd_difference, n, confidence) > half_width:
+        n += 1
+    return n

@@ -111,6 +111,22 @@ def caruana_logit_l2(student_logits, teacher_logits, tau, kl_reduction="batchmea
     return ((student_logits / tau - teacher_logits / tau) ** 2).mean(dim=1).mean()
 
 
+# Two other readings of the paper's CMC, for the sensitivity table (docs/protocol.md, "Conventions and their
+# alternatives"): the paper names its h the softmax output, and its 1/N does not say over what.
+@register_loss("cmc_softmax")
+def caruana_softmax_l2(student_logits, teacher_logits, tau, kl_reduction="batchmean"):
+    """CMC on probabilities: mean over classes of (softmax(s/tau) - softmax(t/tau))^2, averaged over the batch."""
+    tau = _as_column(tau, student_logits)
+    return ((F.softmax(student_logits / tau, dim=1) - F.softmax(teacher_logits / tau, dim=1)) ** 2).mean(dim=1).mean()
+
+
+@register_loss("cmc_sum")
+def caruana_logit_l2_summed(student_logits, teacher_logits, tau, kl_reduction="batchmean"):
+    """CMC summed over classes: sum_c (s/tau - t/tau)^2, averaged over the batch (C times the ``cmc`` term)."""
+    tau = _as_column(tau, student_logits)
+    return ((student_logits / tau - teacher_logits / tau) ** 2).sum(dim=1).mean()
+
+
 @register_loss("dml", logit_standardization=True)
 def mutual_learning_kl(student_logits, teacher_logits, tau, kl_reduction="batchmean"):
     """Deep Mutual Learning's KL term with the paper's temperature and without tau^2."""

@@ -28,8 +28,9 @@ from greenkd_utils.core.config import RunConfig, TemperatureSpec
 from greenkd_utils.core.losses import check_logit_standardization
 from greenkd_utils.energy.meter import EnergyReport
 from greenkd_utils.energy.phases import PHASES
+from greenkd_utils.runs.execution import hardware_label
 from greenkd_utils.runs.store import RunStore, atomic_write_bytes, atomic_write_json
-from greenkd_utils.runs.sweep import TunedResult, grid_configs, tuned_sweep
+from greenkd_utils.runs.sweep import BilledResult, TunedResult, grid_configs, tuned_sweep
 from greenkd_utils.runs.tasks.classification import RunResult, train_run
 from greenkd_utils.settings import knobs
 from greenkd_utils.settings.profiles import load_profile
@@ -174,6 +175,7 @@ def summarise(exp: Experiment, results: Sequence[RunResult | TunedResult], **key
             "wall_time_s": float(np.mean([r.wall_time_s for r in results])),
             "energy_source": "/".join(sources),
             "energy_method": "; ".join(methods),
+            "hardware": hardware_of(results),
         }
     )
     # The parts of the total, where every seed's runs recorded them (records from before phases had none).
@@ -193,6 +195,14 @@ def summarise(exp: Experiment, results: Sequence[RunResult | TunedResult], **key
         row["tau"] = ""
         row["grid_size"] = 1
     return row
+
+
+def hardware_of(results: Sequence[RunResult | TunedResult]) -> str:
+    """What the runs behind a row were trained on (CPU kernels and threads, or the GPU), ``mixed: ...`` when
+    they differ: a row that averages runs of several CPU capabilities or thread counts says so."""
+    runs = [run for r in results for run in (r.runs if isinstance(r, BilledResult) else [r])]
+    labels = sorted({hardware_label(run.hardware) for run in runs})
+    return labels[0] if len(labels) == 1 else "mixed: " + "; ".join(labels)
 
 
 def check_losses(exp: Experiment, losses: Iterable[str]) -> None:
@@ -223,7 +233,7 @@ def energy_ratio(table: pd.DataFrame, by: Sequence[str] = ("dataset",)) -> pd.Da
 
 VERDICT_COLUMNS = (
     "dataset", "loss", "n_seeds", "tuned_mean_pct", "stochastic_mean_pct", "difference_pct",
-    "ci_low_pct", "ci_high_pct", "margin_pct", "verdict", "energy_ratio_tuned_over_stochastic",
+    "ci_low_pct", "ci_high_pct", "margin_pct", "verdict", "energy_ratio_tuned_over_stochastic", "hardware",
 )
 
 
@@ -238,22 +248,21 @@ def verdict_table(
     rows = []
     for dataset in exp.profile.datasets:
         for loss in losses or exp.profile.losses:
-            tuned = [exp.tuned(dataset, s, loss) for s in exp.profile.seeds]
-            stochastic = [exp.stochastic(dataset, s, loss) for s in exp.profile.seeds]
-            verdict = paired_verdict(
-                [r.test_accuracy for r in tuned], [r.test_accuracy for r in stochastic], margin_pct
-            )
-            tuned_kwh = np.mean([exp.energy(r.energy).energy_kwh for r in tuned])
-            stochastic_kwh = np.mean([exp.energy(r.energy).energy_kwh for r in stochastic])
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "loss": loss,
-                    **verdict.to_dict(),
-                    "energy_ratio_tuned_over_stochastic": float(tuned_kwh / stochastic_kwh),
-                }
-            )
+            tuned = [exp.tuned(dataset, s, loss) for s in exp.profile.verdict_seeds]
+            stochastic = [exp.stochastic(dataset, s, loss) for s in exp.profile.verdict_seeds]
+            rows.append(verdict_row(exp, tuned, stochastic, margin_pct, dataset=dataset, loss=loss))
     return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+
+
+def verdict_row(exp: Experiment, tuned: Sequence[BilledResult], stochastic: Sequence[RunResult], margin_pct: float,
+                **keys) -> Dict[str, Any]:
+    """One verdict row: the paired comparison of per-seed accuracies (same seeds, same order), the energy
+    ratio of the two arms (mean over seeds) and what the runs were trained on (``hardware``)."""
+    verdict = paired_verdict([r.test_accuracy for r in tuned], [r.test_accuracy for r in stochastic], margin_pct)
+    tuned_kwh = np.mean([exp.energy(r.energy).energy_kwh for r in tuned])
+    stochastic_kwh = np.mean([exp.energy(r.energy).energy_kwh for r in stochastic])
+    return {**keys, **verdict.to_dict(), "energy_ratio_tuned_over_stochastic": float(tuned_kwh / stochastic_kwh),
+            "hardware": hardware_of([*tuned, *stochastic])}
 
 
 def verdict_sentence(row) -> str:
@@ -291,8 +300,10 @@ def write_summary(
 ) -> Path:
     """A small JSON beside the outputs (energy totals, constants, stochastic-vs-tuned verdicts) that
     run_all.sh folds into its manifest."""
-    totals = {}
+    totals, hardware = {}, set()
     for key, table in tables.items():
+        if "hardware" in table:
+            hardware.update(table["hardware"])
         if "energy_kwh" in table:
             totals[key] = {
                 "energy_kwh_per_seed_sum_of_rows": float(table["energy_kwh"].sum()),
@@ -310,6 +321,7 @@ def write_summary(
             "device": exp.device,
             "results_dir": str(exp.store.root),
             "tables": totals,
+            "runs_hardware": sorted(hardware),
             "verdicts": [] if verdicts is None else verdicts.to_dict(orient="records"),
         },
     )

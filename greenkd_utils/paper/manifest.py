@@ -9,14 +9,13 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from greenkd_utils.runs.projection import PLAN_FILE, measured_beside_projected
 from greenkd_utils.runs.store import RunStore, atomic_write_json
-from greenkd_utils.runs.tasks.classification import library_versions
+from greenkd_utils.runs.execution import cpu_threads, describe_hardware, library_versions
 
 
 def git_commit(repo: Path) -> str:
@@ -32,15 +31,15 @@ def hardware() -> Dict[str, Any]:
     import psutil
     import torch
 
-    info = {
-        "machine": platform.machine(),
-        "processor": platform.processor(),
+    cuda = torch.cuda.is_available()
+    info = describe_hardware(torch.device("cuda" if cuda else "cpu"))
+    info.update({
+        # A CPU run's threads (the record of each run says what it used): $GREENKD_CPU_THREADS, else 1.
+        "torch_threads": cpu_threads(),
         "cpu_count": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "cuda_available": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        "cuda_available": cuda,
+    })
     return info
 
 

@@ -12,7 +12,7 @@ def table1(exp: Experiment, loss: str = "hkd") -> pd.DataFrame:
     """Table 1: teacher, student, tuned KD and stochastic KD per dataset."""
     rows = []
     for dataset in exp.profile.datasets:
-        seeds = exp.profile.seeds
+        seeds = exp.profile.verdict_seeds
         cells = {
             "teacher": [exp.teacher(dataset, s) for s in seeds],
             "student": [exp.student(dataset, s) for s in seeds],
@@ -31,6 +31,6 @@ METHODS = ("teacher", "student", "kd_tuned", "kd_stochastic")
 def needed_runs(exp: Experiment, plan, loss: str = "hkd") -> None:
     """Add the runs of :func:`table1` (and of its verdict, the same runs) to ``plan``."""
     for dataset in exp.profile.datasets:
-        for seed in exp.profile.seeds:
+        for seed in exp.profile.verdict_seeds:
             for method in METHODS:
                 plan.add_all(exp.method_configs(method, dataset, seed, loss), "table1_carbon_footprint")

@@ -114,7 +114,109 @@ def library_versions() -> Dict[str, str]:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+    return (f"cpu: {cpu_model_name()} ({os.cpu_count()} logical cores, {cpu_capability()} kernels, "
+            f"{torch.get_num_threads()} torch threads)")
+
+
+def cpu_model_name() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``'s ``model name``); ``platform`` gives "" on Linux."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_capability() -> str:
+    """The instruction set PyTorch picked its CPU kernels for (``default``, ``avx2``, ``avx512``, ...): it
+    changes the rounding of every convolution, and so a trained network's accuracy (docs/protocol.md)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability()).lower()
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
+def describe_hardware(device: torch.device) -> Dict[str, Any]:
+    """What produced a number: CPU model, torch's CPU kernels and threads, and on a GPU its name, driver and
+    CUDA version. Kept in every run record and in ``manifest.json``."""
+    info: Dict[str, Any] = {
+        "cpu_model": cpu_model_name(),
+        "cpu_capability": cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "logical_cores": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+    if device.type == "cuda":
+        info.update({"gpu": torch.cuda.get_device_name(device), "gpu_driver": _gpu_driver(),
+                     "cuda_version": str(torch.version.cuda)})
+    return info
+
+
+def hardware_label(hardware: Dict[str, Any]) -> str:
+    """``avx2, 1 thread``: the part of the hardware that changes a CPU run's numbers (a GPU's name on a GPU)."""
+    if not hardware:
+        return "unrecorded"
+    if hardware.get("gpu"):
+        return str(hardware["gpu"])
+    threads = hardware.get("torch_threads")
+    return f"{hardware.get('cpu_capability', 'unknown')}, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def _gpu_driver() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # no NVML library or no driver: say so rather than fail a finished run
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU threads: one setting wherever a run trains (a notebook in JupyterLab, run_all.sh, a Ray worker)
+# ---------------------------------------------------------------------------------------------
+CPU_THREADS_ENV = "GREENKD_CPU_THREADS"
+DEFAULT_CPU_THREADS = 1
+
+
+def cpu_threads() -> int:
+    """Torch threads of a run on the CPU: ``$GREENKD_CPU_THREADS``, else 1.
+
+    The thread count changes how a convolution's sums are split, so the same config trained with 1 and with 2
+    threads gives different networks. One setting for every entry point keeps a notebook opened in JupyterLab
+    (torch's default: every core) and the same notebook under run_all.sh on the same numbers.
+    """
+    raw = os.environ.get(CPU_THREADS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CPU_THREADS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{CPU_THREADS_ENV} must be a whole number >= 1; got {raw!r}")
+    return value
+
+
+@contextlib.contextmanager
+def torch_threads_for(device: torch.device) -> Iterator[int]:
+    """Inside the block a CPU run uses :func:`cpu_threads` torch threads (a GPU run keeps torch's default)."""
+    before = torch.get_num_threads()
+    wanted = cpu_threads() if device.type == "cpu" else before
+    if wanted != before:
+        torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -172,7 +172,8 @@ def start_ray(address: Optional[str] = None, **local):
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+            # address="local": a runtime of our own, never whatever cluster a stale session file names.
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
     return ray
 
 

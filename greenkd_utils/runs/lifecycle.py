@@ -38,9 +38,11 @@ from greenkd_utils.energy.phases import PhaseMeter
 from greenkd_utils.runs.execution import (
     current_concurrency,
     describe_device,
+    describe_hardware,
     epoch_lr,
     library_versions,
     resolve_device,
+    torch_threads_for,
 )
 from greenkd_utils.runs.record import RunResult
 from greenkd_utils.runs.store import RunStore
@@ -277,7 +279,9 @@ def train(config, store: RunStore, device: str | torch.device | None = "auto",
         for role, dependency in task_type.dependencies(config).items()
     }
     task = task_type(config, device, needed, store, data_root, **options)
-    record = store.get_or_run(config, lambda run_dir: _live(task, run_dir, store, progress))
+    # The same torch threads for a CPU run wherever it trains (execution.cpu_threads).
+    with torch_threads_for(device):
+        record = store.get_or_run(config, lambda run_dir: _live(task, run_dir, store, progress))
     return RunResult.from_dict(record, store.run_dir(config))
 
 
@@ -375,6 +379,7 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
         "data": task.describe_data(),
         "versions": library_versions(),
         "device": describe_device(device),
+        "hardware": describe_hardware(device),
         "execution": concurrency.record(),
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "extras": headline,

@@ -23,7 +23,7 @@ from greenkd_utils.energy.meter import EnergyReport
 CORE_FIELDS = (
     "key", "name", "task", "config", "test_accuracy", "val_accuracy", "energy", "energy_by_phase",
     "wall_time_s", "wall_time_by_phase", "flops", "tau", "history", "data", "versions", "device",
-    "finished_at", "metered_region",
+    "finished_at", "metered_region", "hardware",
 )
 
 
@@ -49,6 +49,9 @@ class RunResult:
     energy_by_phase: Dict[str, EnergyReport] = field(default_factory=dict)
     wall_time_by_phase: Dict[str, float] = field(default_factory=dict)
     metered_region: str = ""
+    # CPU model, torch's CPU kernels and threads, GPU and driver (execution.describe_hardware); {} in records
+    # written before it was kept.
+    hardware: Dict[str, Any] = field(default_factory=dict)
     extras: Dict[str, Any] = field(default_factory=dict)
     run_dir: str = ""
 

@@ -73,6 +73,9 @@ class Profile:
     extras: Dict[str, Any] = field(default_factory=dict)
     temperature_mode: str = "stochastic"
     logit_standardization: bool = False
+    # The seeds of the stochastic-vs-tuned verdicts (Tables 1 and 4), sized by a power calculation
+    # (docs/protocol.md); the profile's ``seeds`` when it names none. A ``seeds`` knob sets both.
+    verdict_seeds: Tuple[int, ...] = ()
 
     # -- settings -------------------------------------------------------------------------
     def train_settings(self, role: str, **changes) -> TrainSettings:
@@ -137,7 +140,7 @@ class Profile:
 
 
 def overridable_knobs() -> Tuple[str, ...]:
-    fixed = {"name", "description", "teacher_train", "student_train"}
+    fixed = {"name", "description", "teacher_train", "student_train", "verdict_seeds"}
     fields = [f.name for f in dataclasses.fields(Profile) if f.name not in fixed]
     return tuple(sorted(fields + list(_TRAIN_OVERRIDES)))
 
@@ -150,7 +153,10 @@ def load_profile(name: str, **overrides) -> Profile:
     :mod:`greenkd_utils.settings.knobs` (``seeds="0,1"`` works, ``seeds="abc"`` is an error naming ``seeds``).
     """
     raw, overrides = load_section(name, overrides, overridable_knobs(), "profile parameter")
-    return _from_raw(apply_overrides(raw, overrides, _TRAIN_OVERRIDES))
+    raw = apply_overrides(raw, overrides, _TRAIN_OVERRIDES)
+    if "seeds" in overrides:  # seeds asked for by name are the verdicts' seeds too
+        raw["verdict_seeds"] = raw["seeds"]
+    return _from_raw(raw)
 
 
 def _from_raw(raw: Dict[str, Any]) -> Profile:
@@ -184,4 +190,5 @@ def _from_raw(raw: Dict[str, Any]) -> Profile:
         extras=dict(raw.get("extras") or {}),
         temperature_mode=knobs.parse("temperature_mode", raw.get("temperature_mode", "stochastic")),
         logit_standardization=knobs.parse("logit_standardization", raw.get("logit_standardization", False)),
+        verdict_seeds=tup("verdict_seeds", int) or tup("seeds", int),
     )
