@@ -20,9 +20,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import _full_digits  # noqa: E402
 from test_dfkd import DEEPINVERSION, STUDENT, digits_config  # noqa: E402
+from test_detection_training import headline_configs  # noqa: E402
 from test_engine import HEADLINE  # noqa: E402
 
 from greenkd_utils.runs.tasks.data_free import train_dfkd  # noqa: E402
+from greenkd_utils.runs.tasks.detection import train_detection_run  # noqa: E402
 from greenkd_utils.core.config import TemperatureSpec  # noqa: E402
 from greenkd_utils.runs.execution import cpu_capability  # noqa: E402
 from greenkd_utils.runs.store import RunStore  # noqa: E402
@@ -50,17 +52,28 @@ def dfkd_headline(seed: int, store: RunStore) -> dict:
     return {"dfkd_teacher_test": result.teacher_test_accuracy, "dfkd_student_test": result.test_accuracy}
 
 
+def detection_headline(seed: int, store: RunStore) -> dict:
+    """tests/test_detection_training.py's headline (SSD teacher, SSDLite KD student on generated shapes)."""
+    teacher, kd = headline_configs(seed)
+    result = train_detection_run(kd, store, "cpu", progress=False)
+    teacher_result = train_detection_run(teacher, store, "cpu", progress=False)
+    return {"detection_teacher_map": teacher_result.test_map_pct, "detection_kd_map": result.test_map_pct,
+            "detection_loss_ratio": result.history[-1]["train_loss"] / result.history[0]["train_loss"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--only", nargs="+", default=["engine", "dfkd"], choices=["engine", "dfkd", "detection"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(tmp)
         for seed in args.seeds:
             row = {"cpu_capability": cpu_capability(), "seed": seed}
-            row.update(engine_headline(seed, store))
-            row.update(dfkd_headline(seed, store))
+            for name in args.only:
+                row.update({"engine": engine_headline, "dfkd": dfkd_headline,
+                            "detection": detection_headline}[name](seed, store))
             print(json.dumps(row), flush=True)
 
 

@@ -283,8 +283,11 @@ def headline(tmp_path_factory):
 
 def test_headline_data_free_student_recognises_real_digits(headline):
     result = headline["result"]
-    assert result.teacher_test_accuracy > 90.0
-    # Chance is 10%; the data-free student reaches about 80% here. 50% leaves room for numerical drift.
+    # Chance is 10%. Spread measured by benchmarks/test_threshold_spread.py over seeds 0-4 under
+    # ATEN_CPU_CAPABILITY=default and avx2 (1 thread, torch 2.14.1): the teacher (tests/test_engine.py's
+    # headline teacher, the same run) 88.4-96.7% (90.0 for seed 0 with AVX-512 kernels), the data-free
+    # student 77.3-88.2%. Each bar sits well over the range's width below the lowest value.
+    assert result.teacher_test_accuracy > 75.0
     assert result.test_accuracy > 50.0, result.history
 
 

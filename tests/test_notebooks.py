@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import torch
 from notebook_runner import execute, smoke_dirs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,6 +86,21 @@ def check_table4(out: Path):
     assert (out / "table4_digits.png").is_file()
     summary = json.loads((out / "table4_kd_losses.summary.json").read_text())
     assert summary["profile"] == "smoke" and summary["pue"] == 1.67
+    # Every row says what trained it: this CPU's kernels, one torch thread (what every CPU run uses).
+    capability = str(torch.backends.cpu.get_cpu_capability()).lower()
+    assert set(table["hardware"]) == {f"{capability}, 1 thread"}
+    assert summary["runs_hardware"] == [f"{capability}, 1 thread"]
+    # The sensitivity table: the verdict's columns plus the variant, each convention the paper leaves open.
+    verdict = pd.read_csv(out / "table4_verdict.csv")
+    sensitivity = pd.read_csv(out / "table4_sensitivity.csv")
+    assert list(sensitivity.columns) == ["variant", *verdict.columns]
+    variants = dict(zip(sensitivity["variant"], sensitivity["loss"]))
+    assert variants["cmc_on_softmax_probabilities"] == "cmc_softmax"
+    assert variants["cmc_summed_over_classes"] == "cmc_sum"
+    primary = sensitivity[sensitivity["variant"].str.startswith("primary")].drop(columns="variant")
+    pd.testing.assert_frame_equal(primary.reset_index(drop=True), verdict, check_dtype=False)
+    assert sensitivity["variant"].str.startswith("tuned grid restricted to the stochastic range {2, 4}").sum() == 3
+    assert set(sensitivity["verdict"]) <= {"equivalent", "better", "worse", "inconclusive"}
 
 
 SMOKE_CHECKS = {
