@@ -47,6 +47,23 @@ def test_a_plan_holds_each_run_once_after_the_runs_it_needs(smoke):
     assert plan.runs[students[0].teacher.key].needed_by == ["a", "b"]  # b needs the teacher through them
 
 
+def test_longest_chains_of_work_start_first_and_dependencies_still_come_first(smoke):
+    plan = RunPlan()
+    light = [smoke.kd_config("digits", 0, "hkd", TemperatureSpec.fixed(t)) for t in (2.0, 4.0)]
+    heavy = smoke.kd_config("digits", 1, "hkd", TemperatureSpec.fixed(2.0))
+    plan.add_all([*light, heavy], "a")  # added first, the light runs come first in plain order
+    seconds = {light[0].teacher.key: 5.0, light[0].key: 1.0, light[1].key: 1.0,
+               heavy.teacher.key: 5.0, heavy.key: 30.0}
+    order = [run.key for run in plan.longest_first(seconds)]
+    assert order == [heavy.teacher.key, heavy.key, light[0].teacher.key, light[0].key, light[1].key]
+    assert [run.key for run in plan.order()][0] == light[0].teacher.key
+    # Without projections every run weighs one second: still every run once, after the runs it needs.
+    unweighted = [run.key for run in plan.longest_first({})]
+    assert sorted(unweighted) == sorted(order)
+    for run in plan.runs.values():
+        assert all(unweighted.index(d) < unweighted.index(run.key) for d in run.dependencies)
+
+
 def test_the_demo_plan_shares_teachers_across_notebooks(tmp_path):
     _, plan = plan_notebooks(profile="demo", results_dir=tmp_path)
     by_notebook = plan.by_notebook()

@@ -79,6 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.list:
         print(list_runs(plan, cached).to_string(index=False))
     executor = make_executor(args.executor, address=args.address)
+    seconds = None
     if args.bill:
         bill = project(plan, store, args.profile, profile.pue, profile.carbon_intensity_g_per_kwh,
                        device=profile.device, data_root=data_root, executor=executor, progress=progress)
@@ -88,8 +89,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, bill.to_dict())
             print(f"bill written to {path}")
+        seconds = {run.key: run.wall_time_s for run in bill.runs}
     if args.execute:
-        summary = executor.run(plan, store, device=profile.device, data_root=data_root, progress=progress)
+        summary = executor.run(plan, store, device=profile.device, data_root=data_root, progress=progress,
+                               seconds=seconds)
         print(summary.describe())
         if summary.failed:
             print(json.dumps(summary.failed, indent=1), file=sys.stderr)

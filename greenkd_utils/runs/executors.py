@@ -79,7 +79,9 @@ class LocalExecutor:
 
     name = "local"
 
-    def run(self, plan: RunPlan, store: RunStore, device="auto", data_root=None, progress: bool = True) -> ExecutionSummary:
+    def run(self, plan: RunPlan, store: RunStore, device="auto", data_root=None, progress: bool = True,
+            seconds: Optional[Dict[str, float]] = None) -> ExecutionSummary:
+        # One run at a time: the order changes nothing (``seconds`` is the parallel executors').
         began = time.perf_counter()
         summary = ExecutionSummary(self.name)
         cached = plan.cached(store)
@@ -124,7 +126,10 @@ class RayExecutor:
                              "use device='cpu' or 'auto', or join a cluster with GPUs")
         return not wants_cpu and gpus >= 1
 
-    def run(self, plan: RunPlan, store: RunStore, device="auto", data_root=None, progress: bool = True) -> ExecutionSummary:
+    def run(self, plan: RunPlan, store: RunStore, device="auto", data_root=None, progress: bool = True,
+            seconds: Optional[Dict[str, float]] = None) -> ExecutionSummary:
+        """Train the plan's missing runs; ``seconds`` (a run's projected time, by key: the bill's) starts the
+        runs that head the longest chains of work first (:meth:`RunPlan.longest_first`)."""
         import ray
 
         began = time.perf_counter()
@@ -141,7 +146,8 @@ class RayExecutor:
         run_device = "cuda" if on_gpu else "cpu"
 
         refs: Dict[str, Any] = {}
-        for run in missing.order():
+        # Ray starts ready tasks of one shape in the order they were submitted.
+        for run in (missing.longest_first(seconds) if seconds else missing.order()):
             deps = [refs[d] for d in run.dependencies]
             refs[run.key] = remote.options(**_resources(run, on_gpu)).remote(
                 run.config, str(store.root), run_device, data_root, run.options, concurrency, *deps)

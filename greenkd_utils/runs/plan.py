@@ -87,6 +87,30 @@ class RunPlan:
             place(run)
         return ordered
 
+    def longest_first(self, seconds: Dict[str, float]) -> List[PlannedRun]:
+        """Every run after the runs it needs, and among the runs ready at each point the one that heads the
+        longest chain of work (its own projected ``seconds`` plus the longest chain of runs that need it)
+        first: a parallel executor that starts runs in this order does not leave the long ones for last, with
+        every other worker idle. Runs without a projection count as one second."""
+        needed_by: Dict[str, List[str]] = {key: [] for key in self.runs}
+        for run in self.runs.values():
+            for dep in run.dependencies:
+                if dep in needed_by:
+                    needed_by[dep].append(run.key)
+        chain: Dict[str, float] = {}
+        for run in reversed(self.order()):  # dependents before the runs they need
+            chain[run.key] = seconds.get(run.key, 1.0) + max((chain[k] for k in needed_by[run.key]), default=0.0)
+        ordered: List[PlannedRun] = []
+        placed: set = set()
+        waiting = list(self.runs.values())
+        while waiting:
+            ready = [r for r in waiting if all(d in placed or d not in self.runs for d in r.dependencies)]
+            best = max(ready, key=lambda r: chain[r.key])  # max() keeps the first of equal chains: stable
+            ordered.append(best)
+            placed.add(best.key)
+            waiting.remove(best)
+        return ordered
+
     def cached(self, store: RunStore) -> Dict[str, bool]:
         """Key -> whether ``store`` holds the run finished and intact (a damaged run counts as missing)."""
         return {run.key: store.is_finished(run.config) for run in self.order()}
