@@ -22,8 +22,9 @@ done
 source "$REPO/scripts/setup_env.sh"
 csv="${csv:-$REPO/figures/$profile/verdict_across_cpus.csv}"
 [ -n "$stores" ] || { stores="$(mktemp -d)"; trap 'rm -rf "$stores"' EXIT; }
-capabilities="default avx2"
-grep -q avx512f /proc/cpuinfo && capabilities="$capabilities avx512"
+capabilities="default"
+grep -qw avx2 /proc/cpuinfo && capabilities="$capabilities avx2"
+grep -qw avx512f /proc/cpuinfo && capabilities="$capabilities avx512"
 rm -f "$csv"
 export GREENKD_PROGRESS=0 OMP_NUM_THREADS=1
 started=$(date +%s)

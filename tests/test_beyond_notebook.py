@@ -13,7 +13,7 @@ pytestmark = pytest.mark.notebook
 
 COLUMNS = [
     "strategy", "loss", "n_seeds", "accuracy_mean_pct", "ci_low_pct", "ci_high_pct", "energy_kwh",
-    "energy_source", "co2_g", "training_gflops_millions", "runs_trained",
+    "energy_source", "co2_g", "training_gflops_millions", "runs_trained", "hardware",
 ]
 STRATEGIES = [
     "tuned_grid", "tuned_successive_halving", "stochastic_per_batch", "stochastic_per_sample", "ctkd",

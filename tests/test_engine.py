@@ -79,11 +79,12 @@ def test_stochastic_kd_learns_digits(headline):
     # Chance is 10%. Thresholds from the spread measured by benchmarks/test_threshold_spread.py over seeds 0-4
     # under ATEN_CPU_CAPABILITY=default and avx2 (1 thread, torch 2.14.1; seed 0 also gave 90.0 for the teacher
     # with AVX-512 kernels): teacher and student alone 88.4-96.7% (the same config), KD test 76.4-94.2%, KD
-    # validation 77.7-93.3%. Each bar sits about 1.5x that range (8 and 18 points) below the lowest value.
+    # validation 77.7-93.3%. Each bar sits more than the measured range's width (8.3, 17.8 and 15.6 points)
+    # below the lowest value.
     assert teacher.test_accuracy > 75.0
     assert student.test_accuracy > 75.0
-    assert kd.test_accuracy > 60.0
-    assert kd.val_accuracy > 60.0
+    assert kd.test_accuracy > 55.0
+    assert kd.val_accuracy > 55.0
     tau = kd.tau
     assert tau["mode"] == "stochastic" and (tau["low"], tau["high"]) == (2.0, 20.0)
     assert 2.0 <= tau["min"] < tau["mean"] < tau["max"] <= 20.0

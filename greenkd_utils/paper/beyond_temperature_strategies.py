@@ -29,6 +29,7 @@ from scipy import stats
 
 from greenkd_utils.core.config import RunConfig, TemperatureSpec
 from greenkd_utils.paper import plotting
+from greenkd_utils.paper.experiments import hardware_of
 from greenkd_utils.runs.successive_halving import (
     HalvingResult,
     HalvingSettings,
@@ -60,7 +61,7 @@ STRATEGY_LABELS = {
 }
 COLUMNS = (
     "strategy", "loss", "n_seeds", "accuracy_mean_pct", "ci_low_pct", "ci_high_pct", "energy_kwh",
-    "energy_source", "co2_g", "training_gflops_millions", "runs_trained",
+    "energy_source", "co2_g", "training_gflops_millions", "runs_trained", "hardware",
 )
 CONFIDENCE = 0.95
 
@@ -272,6 +273,7 @@ def summary_table(exp, settings: BeyondSettings,
             "co2_g": float(np.mean([e.co2_g for e in energies])),
             "training_gflops_millions": float(np.mean([r.training_gflops_millions for r in per_seed])),
             "runs_trained": float(np.mean([runs_trained(r) for r in per_seed])),
+            "hardware": hardware_of(per_seed),
         })
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
