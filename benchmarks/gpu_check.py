@@ -59,7 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------------------------------------
 def describe_cuda_device(torch) -> Dict[str, Any]:
     import greenkd_utils
-    from kd_epoch import nvidia_driver_version  # this script's folder is on sys.path when run as a script
+    from greenkd_utils.runs.execution import nvidia_driver_version
 
     properties = torch.cuda.get_device_properties(0)
     return {

@@ -41,6 +41,7 @@ from torchvision import transforms
 from greenkd_utils.core.augment import BatchAugment
 from greenkd_utils.energy.meter import EnergyMeter, EnergyReport
 from greenkd_utils.core.config import AugmentSettings, TrainSettings
+from greenkd_utils.runs.execution import nvidia_driver_version
 from greenkd_utils.runs.tasks.classification import ExecutionPlan, make_optimizer, train_epoch
 from greenkd_utils.core.losses import kd_loss
 from greenkd_utils.core.models import create_model
@@ -165,20 +166,6 @@ def fast_epoch(teacher, student, images_u8, labels, batch_size, device, compile_
         synchronize(device)
         seconds = time.perf_counter() - start
     return Timing.of(int(stats["seen"]), seconds, meter.report)
-
-
-def nvidia_driver_version() -> Optional[str]:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            version = pynvml.nvmlSystemGetDriverVersion()
-        finally:
-            pynvml.nvmlShutdown()
-        return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:  # no NVML library, no driver: the figure is simply unknown
-        return None
 
 
 def describe_environment(device: torch.device, args: argparse.Namespace) -> Dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 from greenkd_utils.paper import experiments as ex
 from greenkd_utils.paper import table1_carbon_footprint as table1
 from greenkd_utils.paper import table4_kd_losses as table4
-from greenkd_utils.runs.execution import cpu_capability, cpu_threads
+from greenkd_utils.runs.execution import cpu_capability, cpu_threads, hardware_label
 from greenkd_utils.runs.executors import make_executor
 from greenkd_utils.runs.plan import RunPlan
 
@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     verdicts = ex.verdict_table(exp)
     # The runs must have used what this row says (a Ray worker inherits the environment, but check it).
     labels = set(verdicts["hardware"])
-    expected = f"{capability}, {threads} thread{'s' if threads != 1 else ''}"
+    expected = hardware_label({"cpu_capability": capability, "torch_threads": threads})
     if labels != {expected}:
         raise SystemExit(f"runs were trained on {sorted(labels)}, not {expected}")
     rows = verdicts.assign(cpu_capability=capability, threads=threads)[list(COLUMNS)]

@@ -91,19 +91,19 @@ def needed_runs(exp: Experiment, plan, losses: Optional[Iterable[str]] = None) -
     losses = list(losses or exp.profile.losses)
     verdict_runs(exp, plan, losses)
     if "cmc" in losses:
-        for dataset in exp.profile.datasets:
-            for loss in CMC_VARIANTS.values():
-                for seed in sensitivity_seeds(exp):
-                    for method in ("kd_tuned", "kd_stochastic"):
-                        plan.add_all(exp.method_configs(method, dataset, seed, loss), "table4_kd_losses")
+        _add_tuned_and_stochastic(exp, plan, CMC_VARIANTS.values(), sensitivity_seeds(exp))
 
 
 def verdict_runs(exp: Experiment, plan, losses: Optional[Iterable[str]] = None) -> None:
     """Add the runs of :func:`table4` and its paper-faithful verdicts to ``plan``."""
     losses = list(losses or exp.profile.losses)
     check_losses(exp, losses)
+    _add_tuned_and_stochastic(exp, plan, losses, exp.profile.verdict_seeds)
+
+
+def _add_tuned_and_stochastic(exp: Experiment, plan, losses: Iterable[str], seeds) -> None:
     for dataset in exp.profile.datasets:
         for loss in losses:
-            for seed in exp.profile.verdict_seeds:
+            for seed in seeds:
                 for method in ("kd_tuned", "kd_stochastic"):
                     plan.add_all(exp.method_configs(method, dataset, seed, loss), "table4_kd_losses")

@@ -150,7 +150,7 @@ def describe_hardware(device: torch.device) -> Dict[str, Any]:
         "machine": platform.machine(),
     }
     if device.type == "cuda":
-        info.update({"gpu": torch.cuda.get_device_name(device), "gpu_driver": _gpu_driver(),
+        info.update({"gpu": torch.cuda.get_device_name(device), "gpu_driver": nvidia_driver_version() or "unknown",
                      "cuda_version": str(torch.version.cuda)})
     return info
 
@@ -165,7 +165,8 @@ def hardware_label(hardware: Dict[str, Any]) -> str:
     return f"{hardware.get('cpu_capability', 'unknown')}, {threads} thread{'s' if threads != 1 else ''}"
 
 
-def _gpu_driver() -> str:
+def nvidia_driver_version() -> Optional[str]:
+    """The NVIDIA driver's version from NVML; None without NVML or a driver."""
     try:
         import pynvml
 
@@ -176,7 +177,7 @@ def _gpu_driver() -> str:
             pynvml.nvmlShutdown()
         return version.decode() if isinstance(version, bytes) else str(version)
     except Exception:  # no NVML library or no driver: say so rather than fail a finished run
-        return "unknown"
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
