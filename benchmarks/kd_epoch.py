@@ -9,7 +9,7 @@ shapes (CIFAR: 50,000 x 3 x 32 x 32, 10 classes; Tiny ImageNet: 100,000 x 3 x 64
 
 (a) conventional: a torchvision-style DataLoader over PIL images with PIL transforms (random crop after
     4-pixel padding, flip, rotation up to 15 degrees), worker processes, fp32, the teacher under no_grad.
-(b) fast: greenkd's engine.train_epoch: uint8 data on the device, batched augmentation there, bf16 autocast
+(b) fast: the run lifecycle's training phase (runs.lifecycle.TrainingSteps): uint8 data on the device, batched augmentation there, bf16 autocast
     and channels_last on CUDA, a fused optimiser, the teacher in inference mode, no per-batch host sync,
     optionally torch.compile.
 
@@ -38,14 +38,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from greenkd_utils.core.augment import BatchAugment
-from greenkd_utils.energy.meter import EnergyMeter, EnergyReport
-from greenkd_utils.core.config import AugmentSettings, TrainSettings
-from greenkd_utils.runs.execution import nvidia_driver_version
-from greenkd_utils.runs.tasks.classification import ExecutionPlan, make_optimizer, train_epoch
+from greenkd_utils.core.config import AugmentSettings, RunConfig, TemperatureSpec, TrainSettings
 from greenkd_utils.core.losses import kd_loss
 from greenkd_utils.core.models import create_model
 from greenkd_utils.core.temperature import make_temperature
+from greenkd_utils.energy.meter import EnergyMeter
+from greenkd_utils.energy.report import EnergyReport
+from greenkd_utils.runs.device_data import DeviceData
+from greenkd_utils.runs.execution import nvidia_driver_version
+from greenkd_utils.runs.lifecycle import begin
+from greenkd_utils.runs.tasks.classification import ClassificationTask
 
 SHAPES = {"cifar": (50_000, 32, 10), "tinyimagenet": (100_000, 64, 200)}
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -133,39 +135,40 @@ def conventional_epoch(teacher, student, images_hwc, labels, batch_size, device,
 
 
 def fast_epoch(teacher, student, images_u8, labels, batch_size, device, compile_models, warmup: bool) -> Timing:
+    """The lifecycle's training phase (TrainingSteps.epoch) of a KD run whose data is ``images_u8``."""
     settings = TrainSettings(epochs=1, batch_size=batch_size, fast=True, compile=compile_models,
                              augment=AugmentSettings(crop_padding=4, flip=True, rotation_deg=15.0))
-    plan = ExecutionPlan.for_run(settings, device)
-    student = plan.prepare_model(student)
-    teacher = plan.prepare_model(teacher).eval()
-    step_student = torch.compile(student) if plan.compile else student
-    step_teacher = torch.compile(teacher) if plan.compile else teacher
-    optimizer = make_optimizer(student, settings, plan)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    mean = torch.tensor(MEAN, device=device)
-    std = torch.tensor(STD, device=device)
-    temperature = make_temperature("stochastic", low=2.0, high=20.0, seed=0)
-    generator = torch.Generator(device=device).manual_seed(0)
-    augment = BatchAugment(settings.augment)
+    num_classes, size = int(labels.max()) + 1, images_u8.shape[-1]
+    mean, std = torch.tensor(MEAN, device=device), torch.tensor(STD, device=device)
 
-    def objective(s, t, y, tau):
-        return kd_loss("hkd", s.float(), t.float(), y, tau)
+    def on_device(n_images: int) -> DeviceData:
+        return DeviceData(train=(images_u8[:n_images], labels[:n_images]), val=(images_u8[:0], labels[:0]),
+                          test=(images_u8[:0], labels[:0]), mean=mean, std=std, num_classes=num_classes,
+                          in_channels=3, image_size=size)
 
-    def one_epoch(n_images: int):
-        steps = n_images // batch_size
-        taus = torch.as_tensor(temperature.sample_many(steps), dtype=torch.float32, device=device)
-        return train_epoch(step_student, step_teacher, (images_u8[:n_images], labels[:n_images]), mean, std,
-                           optimizer, scheduler, taus, objective, augment, generator, plan, batch_size)
+    teacher_config = RunConfig(role="teacher", dataset="cifar10", model="resnet18", train=settings)
+    config = RunConfig(role="kd", dataset="cifar10", model="mobilenetv2", train=settings, loss="hkd",
+                       temperature=TemperatureSpec.stochastic(2, 20), teacher=teacher_config)
+    task = ClassificationTask(config, device, {}, store=None, data=on_device(len(labels)))
+    task.teacher = teacher
+    task.build_model = lambda *args: student  # the benchmark's own networks, already built
+    temperature, _, steps = begin(task)
 
-    if warmup:  # compile and autotune outside the timed epoch
-        one_epoch(min(len(labels), 4 * batch_size))
+    def one_epoch(epoch: int) -> int:
+        taus = temperature.for_epoch(epoch, task.steps_per_epoch, task.tau_batch_size, device)
+        return steps.epoch(epoch, taus, lambda n: None)["seen"]
+
+    if warmup:  # compile and autotune outside the timed epoch, on a few batches
+        everything, task.data = task.data, on_device(min(len(labels), 4 * batch_size))
+        one_epoch(0)
+        task.data = everything
     synchronize(device)
     with EnergyMeter(device=device) as meter:
         start = time.perf_counter()
-        stats = one_epoch(len(labels))
+        seen = one_epoch(1)
         synchronize(device)
         seconds = time.perf_counter() - start
-    return Timing.of(int(stats["seen"]), seconds, meter.report)
+    return Timing.of(int(seen), seconds, meter.report)
 
 
 def describe_environment(device: torch.device, args: argparse.Namespace) -> Dict[str, Any]:

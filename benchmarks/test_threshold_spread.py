@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import _full_digits  # noqa: E402
 from test_dfkd import DEEPINVERSION, STUDENT, digits_config  # noqa: E402
 from test_detection_training import headline_configs  # noqa: E402
-from test_engine import HEADLINE  # noqa: E402
+from test_tasks_classification import HEADLINE  # noqa: E402
 
 from greenkd_utils.runs.tasks.data_free import train_dfkd  # noqa: E402
 from greenkd_utils.runs.tasks.detection import train_detection_run  # noqa: E402
@@ -33,7 +33,7 @@ from greenkd_utils.settings.profiles import load_profile  # noqa: E402
 
 
 def engine_headline(seed: int, store: RunStore) -> dict:
-    """tests/test_engine.py's headline (teacher, student, stochastic HKD; WRN-16-1, 4 epochs, all digits)."""
+    """tests/test_tasks_classification.py's headline (teacher, student, stochastic HKD; WRN-16-1, 4 epochs, all digits)."""
     profile = load_profile("smoke")
     kd = profile.kd_config("digits", seed=seed, loss="hkd", temperature=TemperatureSpec.stochastic(2, 20),
                            teacher_model="wrn16_1", student_model="wrn16_1")
@@ -47,17 +47,17 @@ def engine_headline(seed: int, store: RunStore) -> dict:
 
 def dfkd_headline(seed: int, store: RunStore) -> dict:
     """tests/test_dfkd.py's headline (DeepInversion student from a WRN-16-1 teacher, all digits)."""
-    result = train_dfkd(digits_config(DEEPINVERSION, STUDENT, kd_steps=25, seed=seed), store, device="cpu",
+    result = train_run(digits_config(DEEPINVERSION, STUDENT, kd_steps=25, seed=seed), store, device="cpu",
                              progress=False)
-    return {"dfkd_teacher_test": result.teacher_test_accuracy, "dfkd_student_test": result.test_accuracy}
+    return {"dfkd_teacher_test": result.extras["teacher_test_accuracy"], "dfkd_student_test": result.test_accuracy}
 
 
 def detection_headline(seed: int, store: RunStore) -> dict:
     """tests/test_detection_training.py's headline (SSD teacher, SSDLite KD student on generated shapes)."""
     teacher, kd = headline_configs(seed)
-    result = train_detection_run(kd, store, "cpu", progress=False)
-    teacher_result = train_detection_run(teacher, store, "cpu", progress=False)
-    return {"detection_teacher_map": teacher_result.test_map_pct, "detection_kd_map": result.test_map_pct,
+    result = train_run(kd, store, "cpu", progress=False)
+    teacher_result = train_run(teacher, store, "cpu", progress=False)
+    return {"detection_teacher_map": teacher_result.extras["test_map_pct"], "detection_kd_map": result.extras["test_map_pct"],
             "detection_loss_ratio": result.history[-1]["train_loss"] / result.history[0]["train_loss"]}
 
 

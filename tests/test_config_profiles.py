@@ -1,4 +1,5 @@
-"""Tests for greenkd_utils.core.config (run configs and their keys) and greenkd_utils.settings.profiles."""
+"""Tests for greenkd_utils.core.config (run configs and their keys) and the settings tree (greenkd_utils.settings):
+the classification profiles and every notebook family's settings, all read by settings/ from configs/*.yaml."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from greenkd_utils.core.config import (
     TemperatureSpec,
     TrainSettings,
 )
-from greenkd_utils.settings.profiles import PROFILES, load_profile, overridable_knobs
+from greenkd_utils.settings.beyond import load_beyond_settings
+from greenkd_utils.settings.data_free import load_dfkd_settings
+from greenkd_utils.settings.detection import load_detection_profile
+from greenkd_utils.settings.extra_tables import NOTEBOOKS as EXTRA_TABLE_NOTEBOOKS
+from greenkd_utils.settings.extra_tables import load_settings, profile_overrides
+from greenkd_utils.settings.knobs import PROFILES
+from greenkd_utils.settings.notebooks import NOTEBOOK_FAMILIES, read_knobs
+from greenkd_utils.settings.profiles import load_profile, overridable_knobs
 
 
 @pytest.fixture
@@ -197,3 +205,46 @@ def test_profile_builds_one_shared_teacher(smoke):
 def test_scalar_override_for_a_tuple_knob():
     assert load_profile("smoke", tau_grid=3).tau_grid == (3.0,)
     assert load_profile("smoke", seeds=[4, 5]).seeds == (4, 5)
+
+
+# --------------------------------------------------------------------------- one settings tree
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_settings_read_every_family_of_every_profile(name):
+    profile = load_profile(name)
+    detection = load_detection_profile(name)
+    assert detection.name == name and detection.teacher_config().profile == name
+    assert load_dfkd_settings(name).profile == name
+    for notebook in EXTRA_TABLE_NOTEBOOKS:
+        assert set(profile_overrides(name, notebook)) <= set(overridable_knobs())
+        assert load_settings(profile, notebook).notebook == notebook
+    assert load_beyond_settings(profile).tau_grid == profile.tau_grid
+    for notebook, family in NOTEBOOK_FAMILIES.items():
+        chosen = read_knobs(notebook, name)
+        assert chosen.family == family and chosen.knobs["profile"] == name
+
+
+def test_the_detection_profile_reports_with_the_classification_profiles_energy_constants():
+    chosen = read_knobs("table4_detection", "demo", pue=1.2, carbon_intensity_g_per_kwh=100)
+    assert (chosen.profile.pue, chosen.profile.carbon_intensity_g_per_kwh) == (1.2, 100.0)
+    assert chosen.device == load_profile("demo").device
+
+
+def test_knobs_reach_the_settings_they_belong_to():
+    # Table 7's students' epochs are its own setting; its teachers stay the profile's (shared with Table 1).
+    table7 = read_knobs("table7_teacher_student_pairs", "demo", epochs=2, teacher_epochs=3)
+    assert table7.settings.epochs == 2
+    assert table7.profile.student_train["epochs"] == load_profile("demo").student_train["epochs"]
+    assert table7.profile.teacher_train["epochs"] == 3
+    # The smoke profile's Table 7 shrinks the profile itself (configs/extra_tables.yaml, profile_overrides) ...
+    assert read_knobs("table7_teacher_student_pairs", "smoke").profile.train_subset == 100
+    # ... and a knob given by name wins over it.
+    assert read_knobs("table7_teacher_student_pairs", "smoke", train_subset=120).profile.train_subset == 120
+    # Beyond the paper: the seeds are the notebook's, the students' epochs the profile's.
+    beyond = read_knobs("beyond_temperature_strategies", "demo", seeds=[7], epochs=3)
+    assert beyond.settings.seeds == (7,) and beyond.profile.seeds == load_profile("demo").seeds
+    assert beyond.profile.student_train["epochs"] == 3
+    # The classification notebooks: seeds are the profile's, and the verdicts' too.
+    table1 = read_knobs("table1_carbon_footprint", "demo", seeds=[0, 1])
+    assert table1.profile.seeds == table1.profile.verdict_seeds == (0, 1) and table1.settings is None

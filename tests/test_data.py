@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.core.data.
+"""Tests for the classification data sets: greenkd_utils.core.data and the readers and container it builds on.
 
 The paper data sets are faked by writing tiny files in their real on-disk
 formats (CIFAR's Python-2 style pickles with bytes keys, Tiny ImageNet's
@@ -20,13 +20,10 @@ from dataset_writers import (
     write_tinyimagenet,
 )
 
-from greenkd_utils.core import data
-from greenkd_utils.core.data import (
-    DATASETS,
-    DatasetNotFoundError,
-    ImageDataset,
-    load_dataset,
-)
+from greenkd_utils.core import tiny_imagenet
+from greenkd_utils.core.data import DATASETS, load_dataset
+from greenkd_utils.core.dataset_sources import DATA_ROOT_ENV, DatasetNotFoundError
+from greenkd_utils.core.image_dataset import ImageDataset
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -36,7 +33,7 @@ TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 @pytest.fixture(autouse=True)
 def _no_env_root(monkeypatch):
     # A developer's own GREENKD_DATA_ROOT must not leak into the tests.
-    monkeypatch.delenv(data.DATA_ROOT_ENV, raising=False)
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
 
 
 # --------------------------------------------------------------------------
@@ -113,7 +110,7 @@ def test_cifar100_reads_fine_labels(tmp_path):
 
 def test_root_from_environment(tmp_path, monkeypatch):
     write_cifar10(tmp_path)
-    monkeypatch.setenv(data.DATA_ROOT_ENV, str(tmp_path))
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
     assert len(load_dataset("cifar10").train_labels) == 20
 
 
@@ -174,7 +171,7 @@ def test_tinyimagenet_reads_tree_and_caches(tmp_path, monkeypatch):
     def no_decoding(path):
         raise AssertionError("the second load must come from the cache")
 
-    monkeypatch.setattr(data, "_decode_image", no_decoding)
+    monkeypatch.setattr(tiny_imagenet, "_decode_image", no_decoding)
     again = load_dataset("tinyimagenet", root=tmp_path)
     for field in ("train_images", "train_labels", "test_images", "test_labels"):
         assert torch.equal(getattr(ds, field), getattr(again, field))
@@ -184,7 +181,7 @@ def test_tinyimagenet_reads_tree_and_caches(tmp_path, monkeypatch):
 def test_tinyimagenet_without_words_or_writable_folder(tmp_path, monkeypatch):
     folder = write_tinyimagenet(tmp_path, per_class=1)
     (folder / "words.txt").unlink()
-    monkeypatch.setattr(data.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(tiny_imagenet.os, "access", lambda path, mode: False)
     ds = load_dataset("tinyimagenet", root=tmp_path)
     assert ds.class_names == TINY_WNIDS
     assert not (folder / "greenkd_cache.npz").exists()

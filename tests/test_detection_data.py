@@ -6,7 +6,7 @@ import pytest
 import torch
 from dataset_writers import write_voc
 
-from greenkd_utils.core.data import DatasetNotFoundError
+from greenkd_utils.core.dataset_sources import DatasetNotFoundError
 from greenkd_utils.core.detection.data import (
     VOC_CLASSES,
     load_detection_data,

@@ -17,14 +17,14 @@ from greenkd_utils.core.detection.config import (
 from greenkd_utils.core.detection.evaluation import evaluate_model
 from greenkd_utils.core.detection.models import AnchorSettings
 from greenkd_utils.core.detection.shapes import ShapesSettings
-from greenkd_utils.paper.table4_detection import load_detection_profile
+from greenkd_utils.settings.detection import load_detection_profile
+from greenkd_utils.runs.lifecycle import train as train_run
 from greenkd_utils.runs.store import CHECKPOINT_FILE
 from greenkd_utils.runs.sweep import tuned_sweep
 from greenkd_utils.runs.tasks import detection as training
 from greenkd_utils.runs.tasks.detection import (
     build_model,
     prepare_detection_data,
-    train_detection_run,
 )
 
 TINY_SHAPES = ShapesSettings(num_train=40, num_test=12, max_objects=2, min_size=0.3, max_size=0.65)
@@ -113,11 +113,11 @@ def test_profile_overrides_apply_and_unknown_ones_raise():
 # -- runs --------------------------------------------------------------------------------------------------
 def test_a_kd_run_records_its_flops_energy_and_taus_and_is_cached(store):
     config = _tiny("kd", epochs=2)
-    result = train_detection_run(config, store, "cpu", progress=False)
+    result = train_run(config, store, "cpu", progress=False)
     assert store.is_finished(config) and store.is_finished(config.teacher)
     assert len(result.history) == 2 and result.history[-1]["epoch"] == 2
-    assert 0.0 <= result.test_map_pct <= 100.0 and not math.isnan(result.val_map_pct)
-    assert result.test_accuracy == result.test_map_pct  # the name the shared table code reads
+    assert 0.0 <= result.extras["test_map_pct"] <= 100.0 and not math.isnan(result.extras["val_map_pct"])
+    assert result.test_accuracy == result.extras["test_map_pct"]  # the name the shared table code reads
     flops = result.flops
     n_train = result.data["n_train"]
     assert n_train == 30 and result.data["n_val"] == 10
@@ -132,7 +132,7 @@ def test_a_kd_run_records_its_flops_energy_and_taus_and_is_cached(store):
     assert result.tau["mode"] == "stochastic" and result.tau["count"] == 2 * 3
     assert 2.0 <= result.tau["min"] <= result.tau["max"] <= 20.0
     assert result.energy.energy_kwh > 0 and result.energy.source in {"measured", "estimated", "partly estimated"}
-    again = train_detection_run(config, store, "cpu", progress=False)
+    again = train_run(config, store, "cpu", progress=False)
     assert again.finished_at == result.finished_at  # loaded, not retrained
     model = again.load_model(store)
     assert not model.training and model.num_classes == 3
@@ -141,32 +141,30 @@ def test_a_kd_run_records_its_flops_energy_and_taus_and_is_cached(store):
 @pytest.mark.parametrize("augment", ["flip", "ssd"])
 def test_augmented_runs_run_the_teacher_on_every_batch(store, augment):
     config = _tiny("kd", augment=augment, temperature=TemperatureSpec.fixed(3.0))
-    result = train_detection_run(config, store, "cpu", progress=False)
+    result = train_run(config, store, "cpu", progress=False)
     assert result.flops["teacher_forwards"] == result.flops["samples_seen"] == 30
     assert result.tau == {"mode": "fixed", "tau": 3.0}
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(store, monkeypatch):
     config = _tiny("student", epochs=2)
-    reference = train_detection_run(config, store, "cpu", progress=False)
+    reference = train_run(config, store, "cpu", progress=False)
     weights = store.load_state_dict(config)
 
     resumed_config = config.replace(profile="test-resume")  # a new key, same numbers
-    original_epoch = training.DetectionTask.run_phase
-    calls = {"n": 0}
+    original_batches = training.DetectionTask.batches
 
-    def epoch_then_crash(self, phase, epoch, taus, on_step):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
             raise KeyboardInterrupt
-        return original_epoch(self, phase, epoch, taus, on_step)
+        return original_batches(self, epoch)
 
-    monkeypatch.setattr(training.DetectionTask, "run_phase", epoch_then_crash)
+    monkeypatch.setattr(training.DetectionTask, "batches", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train_detection_run(resumed_config, store, "cpu", progress=False)
+        train_run(resumed_config, store, "cpu", progress=False)
     assert (store.run_dir(resumed_config) / CHECKPOINT_FILE).is_file()
-    monkeypatch.setattr(training.DetectionTask, "run_phase", original_epoch)
-    resumed = train_detection_run(resumed_config, store, "cpu", progress=False)
+    monkeypatch.setattr(training.DetectionTask, "batches", original_batches)
+    resumed = train_run(resumed_config, store, "cpu", progress=False)
     for name, value in store.load_state_dict(resumed_config).items():
         assert torch.allclose(value.float(), weights[name].float(), atol=1e-6), name
     assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in reference.history])
@@ -176,7 +174,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(store, monkeypatch):
 def test_the_tuned_sweep_sums_the_grid_and_chooses_on_validation(store):
     sweep = tuned_sweep(_tiny("kd"), [2, 8], store, "cpu", progress=False)
     assert sweep.taus == [2.0, 8.0]
-    assert sweep.chosen.val_map_pct == max(r.val_map_pct for r in sweep.runs)
+    assert sweep.chosen.extras["val_map_pct"] == max(r.extras["val_map_pct"] for r in sweep.runs)
     assert sweep.training_flops == pytest.approx(sum(r.training_flops for r in sweep.runs))
     assert sweep.energy.energy_kwh == pytest.approx(sum(r.energy.energy_kwh for r in sweep.runs))
     with pytest.raises(ValueError, match="validation"):
@@ -213,13 +211,13 @@ def test_kd_on_shapes_detects_far_better_than_an_untrained_student(store):
     last training loss 0.18-0.20 of its first; an untrained one stays under 1%. The bars (40, 25, 0.6) sit
     below all of them by at least the spread's width."""
     teacher, kd = headline_configs()
-    result = train_detection_run(kd, store, "cpu", progress=False)
-    teacher_result = train_detection_run(teacher, store, "cpu", progress=False)
+    result = train_run(kd, store, "cpu", progress=False)
+    teacher_result = train_run(teacher, store, "cpu", progress=False)
 
     data = prepare_detection_data(kd)
     torch.manual_seed(0)
     untrained = evaluate_model(build_model(kd, data.num_classes).eval(), data.test, data.mean, data.std)
     assert untrained.map_pct < 2.0
-    assert teacher_result.test_map_pct > 40.0
-    assert result.test_map_pct > 25.0
+    assert teacher_result.extras["test_map_pct"] > 40.0
+    assert result.extras["test_map_pct"] > 25.0
     assert result.history[-1]["train_loss"] < 0.6 * result.history[0]["train_loss"]

@@ -1,5 +1,6 @@
-"""Tests for greenkd_utils.dfkd: the synthesizers' terms, the pool, the run record, and the headline:
-a student that never sees a real training image still recognises real digits.
+"""Tests for data-free KD (greenkd_utils.core.dfkd, greenkd_utils.runs.tasks.data_free): the synthesizers' terms,
+the pool, the run record, and the headline: a student that never sees a real training image still recognises
+real digits.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from greenkd_utils import dfkd
 from greenkd_utils.core.config import AugmentSettings, TemperatureSpec, TrainSettings
+from greenkd_utils.core.dfkd.config import DFKDConfig, SynthesisSettings
 from greenkd_utils.core.dfkd.generator import ImageGenerator
 from greenkd_utils.core.dfkd.objectives import (
     BatchNormStatistics,
@@ -22,32 +23,37 @@ from greenkd_utils.core.dfkd.objectives import (
     total_variation,
 )
 from greenkd_utils.core.dfkd.pool import SyntheticPool, to_uint8
-from greenkd_utils.energy.meter import ComponentEnergy, EnergyReport
+from greenkd_utils.core.dfkd.synthesizers import CMISynthesizer
 from greenkd_utils.energy.phases import energy_between
+from greenkd_utils.energy.report import ComponentEnergy, EnergyReport
+from greenkd_utils.settings.data_free import load_dfkd_settings
 from greenkd_utils.runs import lifecycle
 from greenkd_utils.runs.store import CHECKPOINT_FILE, RunStore
+from greenkd_utils.runs.sweep import tuned_sweep
+from greenkd_utils.runs.lifecycle import train as train_run
+from greenkd_utils.runs.tasks.data_free import load_samples
 from greenkd_utils.settings.profiles import load_profile
 
 # Pinned here rather than read from configs/dfkd.yaml, so the accuracy bar does not move with the profile.
 TEACHER = TrainSettings(epochs=4, batch_size=32, lr=0.05, milestones=(2,), warmup_epochs=1, augment=AugmentSettings(1, False, 0.0))
 STUDENT = TrainSettings(epochs=6, batch_size=64, lr=0.05, milestones=(4, 5), warmup_epochs=0, augment=AugmentSettings(1, False, 0.0))
-DEEPINVERSION = dfkd.SynthesisSettings(
+DEEPINVERSION = SynthesisSettings(
     method="deepinversion", batch_size=64, iterations=20, lr=0.1, betas=(0.5, 0.99), bn=10.0, oh=1.0, adv=1.0, tv=0.001, jitter=1
 )
-TINY_CMI = dfkd.SynthesisSettings(
+TINY_CMI = SynthesisSettings(
     method="cmi", batch_size=16, iterations=3, lr=0.01, bn=1.0, oh=1.0, adv=0.5, cr=0.8, cr_temperature=0.2,
     bank_size=40, n_negatives=8, head_dim=16, nz=16, ngf=8, view_augment=AugmentSettings(1, False, 10.0),
 )
 TINY_TRAIN = TrainSettings(epochs=3, batch_size=16, lr=0.05, milestones=(2,), warmup_epochs=0, augment=AugmentSettings(1, False, 0.0))
 
 
-def digits_config(synthesis, train, kd_steps, temperature=None, seed=0, full=True, teacher_train=TEACHER) -> dfkd.DFKDConfig:
+def digits_config(synthesis, train, kd_steps, temperature=None, seed=0, full=True, teacher_train=TEACHER) -> DFKDConfig:
     """A DFKD run on digits with a WRN-16-1 teacher trained on the real training split."""
     profile = load_profile("smoke")
     teacher = profile.teacher_config("digits", seed, "wrn16_1").replace(train=teacher_train)
     subsets = {"train_subset": None, "test_subset": None} if full else {"train_subset": 200, "test_subset": 100}
     teacher = teacher.replace(**subsets)
-    return dfkd.DFKDConfig(
+    return DFKDConfig(
         dataset="digits", model="wrn16_1", teacher=teacher, synthesis=synthesis,
         temperature=temperature or TemperatureSpec.stochastic(2, 20), seed=seed, train=train,
         kd_steps=kd_steps, profile="smoke", val_fraction=0.2, **subsets,
@@ -209,12 +215,12 @@ def test_energy_between_subtracts_per_component():
 def test_config_key_name_and_round_trip():
     config = digits_config(DEEPINVERSION, STUDENT, 25, TemperatureSpec.fixed(4))
     assert config.method == "deepinversion" and "deepinversion" in config.name and "tau=4" in config.name
-    assert dfkd.DFKDConfig.from_dict(config.to_dict()) == config
-    assert dfkd.DFKDConfig.from_dict(config.to_dict()).key == config.key
+    assert DFKDConfig.from_dict(config.to_dict()) == config
+    assert DFKDConfig.from_dict(config.to_dict()).key == config.key
     assert config.replace(temperature=TemperatureSpec.fixed(8)).key != config.key
     assert config.replace(synthesis=dataclasses.replace(DEEPINVERSION, bn=1.0)).key != config.key
     cmi = digits_config(TINY_CMI, TINY_TRAIN, 2)
-    assert dfkd.DFKDConfig.from_dict(cmi.to_dict()) == cmi
+    assert DFKDConfig.from_dict(cmi.to_dict()) == cmi
     # DeepInversion ignores CMI's fields: they are None and cannot change its key.
     assert DEEPINVERSION.cr is None and DEEPINVERSION.view_augment is None
     assert dataclasses.replace(DEEPINVERSION, cr=0.1) == DEEPINVERSION
@@ -222,26 +228,26 @@ def test_config_key_name_and_round_trip():
 
 def test_config_errors_name_the_valid_choices():
     with pytest.raises(ValueError, match="deepinversion, cmi"):
-        dfkd.SynthesisSettings(method="dafl")
+        SynthesisSettings(method="dafl")
     with pytest.raises(ValueError, match="masked_kl, js"):
-        dfkd.SynthesisSettings(adversarial="l1")
+        SynthesisSettings(adversarial="l1")
     with pytest.raises(ValueError, match="hkd"):
         digits_config(DEEPINVERSION, STUDENT, 25).replace(loss="mse")
     config = digits_config(DEEPINVERSION, STUDENT, 25)
     with pytest.raises(ValueError, match="same dataset|dataset"):
         config.replace(dataset="cifar10")
     with pytest.raises(ValueError, match="cmi, deepinversion|valid"):
-        dfkd.load_dfkd_settings("demo").synthesis("zskt")
+        load_dfkd_settings("demo").synthesis("zskt")
     with pytest.raises(ValueError, match="smoke, demo, paper"):
-        dfkd.load_dfkd_settings("huge")
+        load_dfkd_settings("huge")
 
 
 def test_every_profile_has_valid_settings():
-    paper = dfkd.load_dfkd_settings("paper")
+    paper = load_dfkd_settings("paper")
     assert paper.teacher_model == "wrn40_2" and paper.student_model == "wrn16_1"
     assert set(paper.datasets) == {"cifar10", "cifar100"} and paper.train["epochs"] == 200
     for profile in ("smoke", "demo", "paper"):
-        settings = dfkd.load_dfkd_settings(profile)
+        settings = load_dfkd_settings(profile)
         assert set(settings.methods) == {"deepinversion", "cmi"}
         for method in settings.methods:
             settings.synthesis(method)  # validates
@@ -276,7 +282,7 @@ def headline(tmp_path_factory):
         patch.setattr(SyntheticPool, "add", spy_add)
         patch.setattr(lifecycle, "_live", spy_live)
         started = time.perf_counter()
-        result = dfkd.train_dfkd(config, store, device="cpu", progress=False)
+        result = train_run(config, store, device="cpu", progress=False)
         seconds = time.perf_counter() - started
     return {"store": store, "config": config, "result": result, "added": added, "given": given, "seconds": seconds}
 
@@ -284,10 +290,10 @@ def headline(tmp_path_factory):
 def test_headline_data_free_student_recognises_real_digits(headline):
     result = headline["result"]
     # Chance is 10%. Spread measured by benchmarks/test_threshold_spread.py over seeds 0-4 under
-    # ATEN_CPU_CAPABILITY=default and avx2 (1 thread, torch 2.14.1): the teacher (tests/test_engine.py's
+    # ATEN_CPU_CAPABILITY=default and avx2 (1 thread, torch 2.14.1): the teacher (tests/test_tasks_classification.py's
     # headline teacher, the same run) 88.4-96.7% (90.0 for seed 0 with AVX-512 kernels), the data-free
     # student 77.3-88.2%. Each bar sits well over the range's width below the lowest value.
-    assert result.teacher_test_accuracy > 75.0
+    assert result.extras["teacher_test_accuracy"] > 75.0
     assert result.test_accuracy > 50.0, result.history
 
 
@@ -322,12 +328,12 @@ def test_record_splits_synthesis_and_student(headline):
     assert 0 < r.wall_time_by_phase["synthesis"] < r.wall_time_s
     assert len(r.history) == STUDENT.epochs and r.history[-1]["pool_size"] == STUDENT.epochs * 64
     # Every round spreads its 64 images evenly over the 10 classes (7 for four of them, 6 for the rest).
-    assert r.pool["class_counts"] == [STUDENT.epochs * (64 // 10 + (c < 64 % 10)) for c in range(10)]
+    assert r.extras["pool"]["class_counts"] == [STUDENT.epochs * (64 // 10 + (c < 64 % 10)) for c in range(10)]
     assert r.tau["mode"] == "stochastic" and 2 <= r.tau["min"] <= r.tau["max"] <= 20
-    samples = r.load_samples(headline["store"])
+    samples = load_samples(r, headline["store"])
     assert samples["images"].dtype == torch.uint8 and samples["images"].shape == (64, 1, 8, 8)
     # Cached: the same config is loaded, not trained again.
-    again = dfkd.train_dfkd(headline["config"], headline["store"], device="cpu", progress=False)
+    again = train_run(headline["config"], headline["store"], device="cpu", progress=False)
     assert again.to_dict() == r.to_dict()
     student = r.load_model(headline["store"])
     assert sum(p.numel() for p in student.parameters()) > 0
@@ -336,11 +342,11 @@ def test_record_splits_synthesis_and_student(headline):
 def test_cmi_run_fills_its_memory_bank_and_resumes_exactly(tmp_path, monkeypatch):
     """A CMI run interrupted after its first epoch resumes from the checkpoint to the same student."""
     config = digits_config(TINY_CMI, TINY_TRAIN, kd_steps=2, full=False, teacher_train=TINY_TRAIN)
-    whole = dfkd.train_dfkd(config, RunStore(tmp_path / "whole"), device="cpu", progress=False)
-    assert whole.flops["synthesis_flops_per_step"] > 0 and whole.pool["size"] == 3 * 16
+    whole = train_run(config, RunStore(tmp_path / "whole"), device="cpu", progress=False)
+    assert whole.flops["synthesis_flops_per_step"] > 0 and whole.extras["pool"]["size"] == 3 * 16
 
     store = RunStore(tmp_path / "interrupted")
-    real = dfkd.CMISynthesizer.synthesize
+    real = CMISynthesizer.synthesize
     calls = []
 
     def crash_on_second_round(self, seed, count_flops=False):
@@ -350,12 +356,12 @@ def test_cmi_run_fills_its_memory_bank_and_resumes_exactly(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(self, seed, count_flops)
 
-    monkeypatch.setattr(dfkd.CMISynthesizer, "synthesize", crash_on_second_round)
+    monkeypatch.setattr(CMISynthesizer, "synthesize", crash_on_second_round)
     with pytest.raises(KeyboardInterrupt):
-        dfkd.train_dfkd(config, store, device="cpu", progress=False)
+        train_run(config, store, device="cpu", progress=False)
     assert (store.run_dir(config) / CHECKPOINT_FILE).is_file() and not store.is_finished(config)
-    monkeypatch.setattr(dfkd.CMISynthesizer, "synthesize", real)
-    resumed = dfkd.train_dfkd(config, store, device="cpu", progress=False)
+    monkeypatch.setattr(CMISynthesizer, "synthesize", real)
+    resumed = train_run(config, store, device="cpu", progress=False)
     assert resumed.test_accuracy == whole.test_accuracy
     assert resumed.flops["training_flops"] == whole.flops["training_flops"]
     a, b = whole.load_model(RunStore(tmp_path / "whole")).state_dict(), resumed.load_model(store).state_dict()
@@ -366,7 +372,7 @@ def test_cmi_run_fills_its_memory_bank_and_resumes_exactly(tmp_path, monkeypatch
 def test_tuned_sweep_sums_the_grid_and_chooses_on_validation(tmp_path):
     config = digits_config(dataclasses.replace(DEEPINVERSION, batch_size=16, iterations=2), TINY_TRAIN, kd_steps=2,
                            full=False, teacher_train=TINY_TRAIN)
-    tuned = dfkd.tuned_dfkd(config, [2, 8], RunStore(tmp_path), device="cpu", progress=False)
+    tuned = tuned_sweep(config, [2, 8], RunStore(tmp_path), device="cpu", progress=False)
     assert tuned.taus == [2.0, 8.0]
     assert tuned.chosen.val_accuracy == max(r.val_accuracy for r in tuned.runs)
     assert tuned.training_flops == pytest.approx(sum(r.training_flops for r in tuned.runs))

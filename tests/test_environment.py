@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from greenkd_utils.runs.tasks.classification import library_versions
+from greenkd_utils.runs.execution import library_versions
 
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "requirements.lock"

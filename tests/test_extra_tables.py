@@ -7,12 +7,11 @@ import pytest
 
 from greenkd_utils.paper import figure3_temperature_and_batch as temperature_study
 from greenkd_utils.paper import table7_teacher_student_pairs as pairs
-from greenkd_utils.paper.extra_tables import (
-    NOTEBOOKS,
-    compare_with_paper_dataset,
-    load_settings,
-)
-from greenkd_utils.settings.profiles import PROFILES, load_profile
+from greenkd_utils.paper.experiments import setup
+from greenkd_utils.paper.extra_tables import compare_with_paper_dataset
+from greenkd_utils.settings.extra_tables import NOTEBOOKS, load_settings
+from greenkd_utils.settings.knobs import PROFILES
+from greenkd_utils.settings.profiles import load_profile
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -94,14 +93,12 @@ def test_claims_measure_spreads():
 
 
 def test_setup_applies_profile_overrides_only_where_configured(tmp_path):
-    from greenkd_utils.paper import extra_tables
-
-    exp, settings = extra_tables.setup("smoke", "table7_teacher_student_pairs", results_dir=tmp_path, seeds=[1])
+    exp = setup("smoke", notebook="table7_teacher_student_pairs", results_dir=tmp_path, seeds=[1])
     assert exp.profile.train_subset == 100 and exp.profile.teacher_train["epochs"] == 1
-    assert settings.seeds == (1,)
-    exp, _ = extra_tables.setup("smoke", "figure3_temperature_and_batch", results_dir=tmp_path)
+    assert exp.settings.seeds == (1,)
+    exp = setup("smoke", notebook="figure3_temperature_and_batch", results_dir=tmp_path)
     assert exp.profile == load_profile("smoke")  # Figure 3 shares Table 1's runs: the profile untouched
-    exp, _ = extra_tables.setup("demo", "table7_teacher_student_pairs", results_dir=tmp_path, teacher_epochs=3, pue=1.2)
+    exp = setup("demo", notebook="table7_teacher_student_pairs", results_dir=tmp_path, teacher_epochs=3, pue=1.2)
     assert exp.profile.teacher_train["epochs"] == 3 and exp.pue == 1.2
     with pytest.raises(ValueError, match="unknown profile"):
-        extra_tables.setup("nonsense", "table7_teacher_student_pairs", results_dir=tmp_path)
+        setup("nonsense", notebook="table7_teacher_student_pairs", results_dir=tmp_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 
@@ -40,17 +39,3 @@ def test_bad_arguments(tiny_setup):
         inference.measure_inference(model, images[:0], mean, std)
     with pytest.raises(ValueError, match="min_duration_s"):
         inference.measure_inference(model, images, mean, std, min_duration_s=0)
-
-
-def test_compare_with_paper_uses_the_teachers_row():
-    costs = pd.DataFrame([{"method": "teacher", "model": "resnet18", "time_per_pass_s": 0.47, "co2_g_per_pass": 0.0087,
-                           "n_images": 1000, "energy_source": "estimated", "device": "cpu"}])
-    table = inference.compare_with_paper(costs)
-    by_metric = table.set_index("metric")
-    assert by_metric.loc["inference_time_s", "paper_per_pass"] == 4.7
-    assert by_metric.loc["inference_co2_g", "paper_per_pass"] == 0.087
-    assert by_metric.loc["inference_time_s", "ratio_per_pass"] == pytest.approx(0.1)
-    # 0.47 s / 1000 images vs 4.7 s / 10000 images: the same per image.
-    assert by_metric.loc["inference_time_s", "ratio_per_image"] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="teacher"):
-        inference.compare_with_paper(costs.assign(method="student"))

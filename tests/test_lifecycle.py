@@ -1,26 +1,32 @@
 """The one run lifecycle: every kind of run goes through ``runs.lifecycle.train``, a new kind of run is one
-task class and one config, and the lifecycle alone owns seeding, resume, the metered region and its phases,
-checkpoints after every epoch and the record."""
+task class and one config (the toy task below, with no other file edited), and the lifecycle alone owns
+seeding, the optimiser and its step, resume, the metered region and its phases, checkpoints and the record."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict
 
 import pytest
 import torch
 
-from greenkd_utils.core.config import RunConfig, StoredConfig, TemperatureSpec, TrainSettings
-from greenkd_utils.core.detection.config import DetectionRunConfig
-from greenkd_utils.core.dfkd.config import DFKDConfig
+from greenkd_utils.core.config import AugmentSettings, RunConfig, StoredConfig, TemperatureSpec, TrainSettings
+from greenkd_utils.core.detection.config import DetectionRunConfig, DetectionTrainSettings
+from greenkd_utils.core.detection.models import AnchorSettings
+from greenkd_utils.core.detection.shapes import ShapesSettings
+from greenkd_utils.core.dfkd.config import DFKDConfig, SynthesisSettings
 from greenkd_utils.core.quantization import QATConfig
 from greenkd_utils.energy.phases import PHASES
-from greenkd_utils.runs import lifecycle
-from greenkd_utils.runs.execution import lr_factor
-from greenkd_utils.runs.lifecycle import Task, register_task, task_for
+from greenkd_utils.runs import lifecycle, tasks
+from greenkd_utils.runs.execution import ExecutionPlan, lr_factor
 from greenkd_utils.runs.record import RunResult
+from greenkd_utils.runs.registry import TASKS, register_task, task_for
 from greenkd_utils.runs.store import CHECKPOINT_FILE, RunStore
+from greenkd_utils.runs.task import Batch, Evaluation, Task
 from greenkd_utils.settings.profiles import load_profile
 
 
@@ -49,53 +55,43 @@ class ToyConfig(StoredConfig):
 
 @register_task
 class ToyTask(Task):
+    """Its data, what a step computes, its FLOPs: the lifecycle does the rest."""
+
     name = "toy"
     config_type = ToyConfig
     flop_definition = "toy FLOPs: one per sample"
+    steps_per_epoch = 2
+    tau_batch_size = 8
 
     @classmethod
     def recognises(cls, config_dict):
         return config_dict.get("role") == "toy"
 
-    def build(self, temperature) -> None:
-        self.model = torch.nn.Linear(4, 1)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.config.train.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, 2, self.config.train))
-        self.generator = torch.Generator().manual_seed(self.config.seed)
-        self.samples_seen = self.images_evaluated = 0
+    @classmethod
+    def build_model(cls, config, data):
+        return torch.nn.Linear(4, 1)
 
-    steps_per_epoch = 2
+    def build(self) -> None:
+        self.model = self.build_model(self.config, {})
+        self.plan = ExecutionPlan.for_run(self.config.train, self.device)
 
-    def run_phase(self, phase, epoch, taus, on_step) -> Dict[str, Any]:
-        losses = []
-        for step in range(2):
+    def batches(self, epoch):
+        for _ in range(self.steps_per_epoch):
             # The global torch RNG on purpose: a resumed run must draw what an uninterrupted one would.
-            x, y = torch.rand(8, 4), torch.rand(8, 1)
-            loss = ((self.model(x) - y) ** 2).mean() * (taus[step] if taus is not None else 1.0)
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            losses.append(float(loss.detach()))
-            on_step(1)
-        self.samples_seen += 16
-        return {"train_loss": sum(losses) / 2, "seen": 16}
+            yield Batch(torch.rand(8, 4), targets=torch.rand(8, 1))
+
+    def forward_train(self, batch, tau, teacher_outputs=None):
+        out = self.model(batch.inputs)
+        return out, {"mse": ((out - batch.targets) ** 2).mean() * (tau if tau is not None else 1.0)}
 
     def evaluate(self, epoch, last):
-        self.images_evaluated += 4
-        return {"val_accuracy": float(epoch), "test_accuracy": float(epoch) + 0.5}
+        return Evaluation({"val_accuracy": float(epoch), "test_accuracy": float(epoch) + 0.5}, images=4)
 
-    def flops(self):
-        return {"by_phase": {"training": float(self.samples_seen), "evaluation": float(self.images_evaluated)}}
+    def flops(self, counts):
+        return {"by_phase": {"training": float(counts.samples_seen), "evaluation": float(counts.images_evaluated)}}
 
     def describe_data(self):
         return {"n_train": 16}
-
-    @classmethod
-    def load_model(cls, result, store, device="cpu"):
-        model = torch.nn.Linear(4, 1)
-        model.load_state_dict(store.load_state_dict(result.config))
-        return model
 
 
 def test_a_new_kind_of_run_is_one_task_class_and_one_config(tmp_path):
@@ -105,7 +101,7 @@ def test_a_new_kind_of_run_is_one_task_class_and_one_config(tmp_path):
     assert isinstance(result, RunResult) and result.task == "toy" and result.config == config
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert result.test_accuracy == 2.5 and result.val_accuracy == 2.0
-    # tau drawn by the lifecycle, per epoch, and described in the record
+    # a tau for every batch, drawn by the lifecycle a whole epoch at a time, and described in the record
     assert result.tau["mode"] == "stochastic" and result.tau["count"] == 6
     assert all(2 <= h["tau_min"] <= h["tau_max"] <= 20 for h in result.history)
     # the record is complete, sealed, and loaded (not retrained) the second time
@@ -123,13 +119,37 @@ def test_the_history_records_each_epochs_own_learning_rate(tmp_path):
     assert [h["lr"] for h in result.history] == pytest.approx([0.1, 0.1, 0.02])
 
 
-def test_energy_is_recorded_by_phase_and_the_phases_add_up_to_the_total(tmp_path):
+def test_each_phase_is_charged_what_ran_in_it(tmp_path, monkeypatch):
+    # Known work in each phase: 0.05 s per training step (6 steps), 0.3 s per evaluation (3 epochs). The meter
+    # must charge each phase its own time, and the phases must tile the metered region.
+    real_forward, real_evaluate = ToyTask.forward_train, ToyTask.evaluate
+
+    def slow_forward(self, batch, tau, teacher_outputs=None):
+        time.sleep(0.05)
+        return real_forward(self, batch, tau, teacher_outputs)
+
+    def slow_evaluate(self, epoch, last):
+        time.sleep(0.3)
+        return real_evaluate(self, epoch, last)
+
+    monkeypatch.setattr(ToyTask, "forward_train", slow_forward)
+    monkeypatch.setattr(ToyTask, "evaluate", slow_evaluate)
+    started = time.perf_counter()
     result = lifecycle.train(ToyConfig(), RunStore(tmp_path), "cpu", progress=False)
+    elapsed = time.perf_counter() - started
     assert set(result.energy_by_phase) <= set(PHASES)
     assert {"training", "evaluation", "checkpoints"} <= set(result.energy_by_phase)
-    total = sum(report.energy_kwh for report in result.energy_by_phase.values())
+    wall, energy = result.wall_time_by_phase, result.energy_by_phase
+    # Each phase took at least its sleeps; neither was charged the other's (each sleep is 3x the other's total
+    # less than the sum of both, so a swap or a merge of the two phases fails).
+    assert 0.3 <= wall["training"] < 0.3 + 0.5 and 0.9 <= wall["evaluation"] < 0.9 + 0.5
+    assert energy["training"].duration_s == pytest.approx(wall["training"], abs=0.05)
+    assert energy["evaluation"].duration_s == pytest.approx(wall["evaluation"], abs=0.05)
+    # The phases tile the metered region, which lies inside the call.
+    assert sum(wall.values()) == pytest.approx(result.energy.duration_s, abs=0.05)
+    assert result.energy.duration_s <= elapsed
+    total = sum(report.energy_kwh for report in energy.values())
     assert total == pytest.approx(result.energy.energy_kwh, rel=1e-9, abs=1e-15)
-    assert sum(result.wall_time_by_phase.values()) == pytest.approx(result.wall_time_s, rel=0.05, abs=0.05)
     assert result.energy_of("synthesis") is None  # a phase this run does not have
 
 
@@ -138,22 +158,20 @@ def test_a_resumed_run_equals_an_uninterrupted_one_global_rng_included(tmp_path,
     straight = lifecycle.train(ToyConfig(seed=3), store, "cpu", progress=False)
     resumed_config = ToyConfig(seed=3)  # the same run, in another store
     other_store = RunStore(tmp_path / "other")
-    real_phase = ToyTask.run_phase
-    calls = {"n": 0}
+    real_batches = ToyTask.batches
 
-    def crash_in_second_epoch(self, phase, epoch, taus, on_step):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
             raise KeyboardInterrupt
-        return real_phase(self, phase, epoch, taus, on_step)
+        return real_batches(self, epoch)
 
-    monkeypatch.setattr(ToyTask, "run_phase", crash_in_second_epoch)
+    monkeypatch.setattr(ToyTask, "batches", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         lifecycle.train(resumed_config, other_store, "cpu", progress=False)
     # the checkpoint of the first epoch is there; the global RNG has moved on since
     assert (other_store.run_dir(resumed_config) / CHECKPOINT_FILE).is_file()
     torch.rand(100)
-    monkeypatch.setattr(ToyTask, "run_phase", real_phase)
+    monkeypatch.setattr(ToyTask, "batches", real_batches)
     resumed = lifecycle.train(resumed_config, other_store, "cpu", progress=False)
     assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in straight.history], rel=1e-6)
     a, b = store.load_state_dict(straight.config), other_store.load_state_dict(resumed_config)
@@ -161,12 +179,86 @@ def test_a_resumed_run_equals_an_uninterrupted_one_global_rng_included(tmp_path,
 
 
 # --------------------------------------------------------------------------- every task is a Task
-def test_every_kind_of_run_goes_through_the_lifecycle():
+_NO_AUGMENT = AugmentSettings(crop_padding=0, flip=False, rotation_deg=0.0)
+
+
+def _tiny_classification() -> RunConfig:
     prof = load_profile("smoke")
-    assert task_for(prof.teacher_config("digits", 0)).name == "classification"
-    assert task_for(prof.kd_config("digits", 0, "hkd")).name == "classification"
-    for config_type, name in ((DFKDConfig, "data_free_kd"), (DetectionRunConfig, "detection"), (QATConfig, "qat")):
-        assert lifecycle.task_named(name).config_type is config_type
+    return prof.kd_config("digits", 0, "hkd").replace(train_subset=96, test_subset=40)
+
+
+def _tiny_data_free() -> DFKDConfig:
+    prof = load_profile("smoke")
+    teacher = prof.teacher_config("digits", 0, "wrn16_1").replace(train_subset=96, test_subset=40)
+    return DFKDConfig(
+        dataset="digits", model="wrn16_1", teacher=teacher,
+        synthesis=SynthesisSettings(method="deepinversion", iterations=2, batch_size=8),
+        temperature=TemperatureSpec.stochastic(2, 20), train=prof.train_settings("student", epochs=2, batch_size=8),
+        kd_steps=2, profile="test", val_fraction=0.2, train_subset=96, test_subset=40,
+    )
+
+
+def _tiny_detection() -> DetectionRunConfig:
+    shapes = ShapesSettings(num_train=24, num_test=8, max_objects=2, min_size=0.3, max_size=0.65)
+    common = dict(dataset="shapes", image_size=32, anchors=AnchorSettings(num_feature_maps=3), shapes=shapes,
+                  val_fraction=0.25, profile="test")
+    train = DetectionTrainSettings(epochs=2, batch_size=6, optimizer="sgd", lr=0.05, augment="none")
+    teacher = DetectionRunConfig(role="teacher", model="vgg16_ssd", width=0.125, train=train, **common)
+    return DetectionRunConfig(role="kd", model="mobilenetv2_ssdlite", width=0.35, train=train, loss="hkd",
+                              temperature=TemperatureSpec.stochastic(), teacher=teacher, **common)
+
+
+def _tiny_qat() -> QATConfig:
+    train = TrainSettings(epochs=2, batch_size=32, lr=0.05, milestones=(1,), warmup_epochs=0, augment=_NO_AUGMENT)
+    student = RunConfig(role="student", dataset="digits", model="mobilenetv2", train=train, profile="smoke",
+                        val_fraction=0.2, train_subset=64, test_subset=20)
+    return QATConfig.from_student(student, init="scratch")
+
+
+TINY_RUNS = {"classification": _tiny_classification, "data_free_kd": _tiny_data_free,
+             "detection": _tiny_detection, "qat": _tiny_qat}
+
+
+def test_every_built_in_kind_of_run_is_covered_here():
+    assert set(TINY_RUNS) == {name for name, task in TASKS.items() if task.__module__.startswith(tasks.__name__)}
+
+
+@pytest.mark.parametrize("kind", sorted(TINY_RUNS))
+def test_every_kind_of_run_is_stepped_by_the_lifecycle(kind, tmp_path, monkeypatch):
+    """Every optimiser step of every kind of run is taken by the lifecycle, on the optimiser the lifecycle
+    built, once per batch the task produced."""
+    config = TINY_RUNS[kind]()
+    assert task_for(config).name == kind
+    steps, real_make_optimizer = [], lifecycle.make_optimizer
+
+    def spied_optimizer(*args, **kwargs):
+        optimizer = real_make_optimizer(*args, **kwargs)
+        real_step = optimizer.step
+
+        def step(self, *a, **k):
+            frame = sys._getframe(1)
+            while "torch" in Path(frame.f_code.co_filename).parts:  # the lr scheduler's wrapper
+                frame = frame.f_back
+            steps.append(frame.f_code.co_filename)
+            return real_step(*a, **k)
+
+        optimizer.step = types.MethodType(step, optimizer)
+        return optimizer
+
+    monkeypatch.setattr(lifecycle, "make_optimizer", spied_optimizer)
+    store = RunStore(tmp_path)
+    result = lifecycle.train(config, store, "cpu", progress=False)
+    assert result.task == kind
+    # Its dependencies (a teacher) trained first, through the same lifecycle: at least one step per epoch each.
+    assert len(steps) >= config.train.epochs and set(steps) == {lifecycle.__file__}
+    assert [h["epoch"] for h in result.history] == list(range(1, config.train.epochs + 1))
+
+
+def test_no_task_module_steps_an_optimiser_or_calls_backward():
+    for module in (Path(tasks.__file__).parent).glob("*.py"):
+        source = module.read_text()
+        for forbidden in (".backward(", ".step(", "zero_grad", "make_optimizer", "manual_seed("):
+            assert forbidden not in source, f"{module.name} calls {forbidden}: the lifecycle owns it"
     with pytest.raises(TypeError, match="no task trains"):
         task_for(object())
 
@@ -181,24 +273,6 @@ def test_a_kd_run_records_flops_and_energy_by_phase_and_its_tau_per_epoch(tmp_pa
     assert {"training", "evaluation", "checkpoints"} <= set(result.energy_by_phase)
     steps = result.history[0]["samples_seen"] // config.train.batch_size
     assert result.history[0]["lr"] == pytest.approx(config.train.lr * lr_factor(steps - 1, steps, config.train))
-
-
-def test_old_module_paths_still_import_the_code_that_moved():
-    import greenkd_utils.carbon as carbon
-    import greenkd_utils.engine as engine
-    from greenkd_utils import experiments, quantization
-    from greenkd_utils.detection.training import DetectionRunResult
-    from greenkd_utils.dfkd.trainer import DFKDResult, tuned_dfkd
-    from greenkd_utils.energy.meter import EnergyMeter
-    from greenkd_utils.runs.sweep import tuned_sweep
-    from greenkd_utils.runs.tasks import classification
-
-    assert engine is classification and engine.train_run is classification.train_run
-    assert carbon.EnergyMeter is EnergyMeter
-    assert DFKDResult is RunResult and DetectionRunResult is RunResult and tuned_dfkd is tuned_sweep
-    assert callable(experiments.table1) and callable(experiments.verdict_table) and callable(quantization.table8)
-    with pytest.raises(AttributeError, match="no attribute"):
-        experiments.no_such_thing
 
 
 def test_every_notebook_of_the_paper_has_its_module():

@@ -1,10 +1,13 @@
-"""Notebook knobs behave as papermill users expect (greenkd_utils/knobs.py).
+"""Notebook knobs behave as papermill users expect (greenkd_utils/settings/knobs.py, notebook_parameters.py,
+notebooks.py).
 
 - the parsers take what papermill sends (``-p seeds '[0, 1]'`` is the string "[0, 1]", ``-y`` real
   YAML values, ``-p seeds 3`` an int) and refuse anything else with an error naming the knob;
-- every setup function parses its knobs before anything trains;
+- the one set-up of every notebook parses its knobs before anything trains, and refuses a knob the
+  notebook's family does not take, naming it and the ones it takes;
 - the notebook-side check refuses a knob the notebook does not declare (papermill only warns);
-- every notebook's parameters cell is readable by papermill and uses the canonical names.
+- every notebook's parameters cell is readable by papermill and uses the canonical names, and the cell
+  after it passes them all, once, to the one set-up.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import pytest
 from notebook_runner import REPO, kernel_name
 
 from greenkd_utils.paper import experiments as ex
-from greenkd_utils.paper import extra_tables
 from greenkd_utils.settings import knobs
-from greenkd_utils.settings.knobs import parameters_from_namespace, parse
+from greenkd_utils.settings.knobs import parse
+from greenkd_utils.settings.notebook_parameters import declared_knobs
+from greenkd_utils.settings.notebooks import FAMILIES, NOTEBOOK_FAMILIES, read_knobs
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # Knobs run_all.sh passes to every notebook, and the energy constants every notebook reports with.
@@ -181,39 +185,65 @@ def test_setup_refuses_an_unknown_profile_with_the_valid_ones(tmp_path):
         ex.setup("huge", results_dir=tmp_path)
 
 
-def test_the_other_setup_functions_parse_and_refuse_by_name(tmp_path):
-    from greenkd_utils.detection import experiment as det
-    from greenkd_utils.dfkd import experiment as dfkd_experiment
-
+def test_the_setup_of_every_family_parses_and_refuses_by_name(tmp_path):
     with pytest.raises(ValueError, match="^seeds="):
-        extra_tables.setup("smoke", "table7_teacher_student_pairs", results_dir=tmp_path, seeds="abc")
+        ex.setup("smoke", notebook="table7_teacher_student_pairs", results_dir=tmp_path, seeds="abc")
     with pytest.raises(ValueError, match="^epochs="):
-        dfkd_experiment.setup("smoke", results_dir=tmp_path, epochs=2.5)
+        ex.setup("smoke", notebook="table6_dfkd", results_dir=tmp_path, epochs=2.5)
     with pytest.raises(ValueError, match="^synthesis_iterations="):
-        dfkd_experiment.setup("smoke", results_dir=tmp_path, synthesis_iterations=0)
+        ex.setup("smoke", notebook="table6_dfkd", results_dir=tmp_path, synthesis_iterations=0)
     with pytest.raises(ValueError, match="^tau_grid="):
-        det.setup("smoke", results_dir=tmp_path, tau_grid="[0, 2]")
+        ex.setup("smoke", notebook="table4_detection", results_dir=tmp_path, tau_grid="[0, 2]")
     with pytest.raises(ValueError, match="^pue="):
-        det.setup("smoke", results_dir=tmp_path, pue=0.5)
+        ex.setup("smoke", notebook="table4_detection", results_dir=tmp_path, pue=0.5)
+    with pytest.raises(ValueError, match="^seeds="):
+        ex.setup("smoke", notebook="beyond_temperature_strategies", results_dir=tmp_path, seeds="abc")
 
-    exp, settings = extra_tables.setup("smoke", "figure3_temperature_and_batch", results_dir=tmp_path,
-                                       datasets="[digits, cifar10]", seeds="0", lr="0.01", batch_sizes="8,16")
-    assert settings.dataset == "digits" and settings.seeds == (0,) and settings.lr == 0.01
-    assert settings.batch_sizes == (8, 16)
-    exp, settings = dfkd_experiment.setup("smoke", results_dir=tmp_path, methods="cmi", synthesis_iterations="2",
-                                          synthesis_batch_size=4, student_steps=1, lr="0.01", epochs=1)
+    exp = ex.setup("smoke", notebook="figure3_temperature_and_batch", results_dir=tmp_path,
+                   datasets="[digits, cifar10]", seeds="0", lr="0.01", batch_sizes="8,16")
+    assert exp.settings.dataset == "digits" and exp.settings.seeds == (0,) and exp.settings.lr == 0.01
+    assert exp.settings.batch_sizes == (8, 16)
+    exp = ex.setup("smoke", notebook="table6_dfkd", results_dir=tmp_path, methods="cmi", synthesis_iterations="2",
+                   synthesis_batch_size=4, student_steps=1, lr="0.01", epochs=1)
+    settings = exp.settings
     assert list(settings.methods) == ["cmi"] and settings.kd_steps == 1 and settings.train["lr"] == 0.01
     assert settings.synthesis("cmi").iterations == 2 and settings.synthesis("cmi").batch_size == 4
-    assert exp.dfkd_settings == settings  # table6(exp) runs what the notebook chose
-    detection = det.setup("smoke", results_dir=tmp_path, lr="0.02", image_size="40", num_workers=0)
+    detection = ex.setup("smoke", notebook="table4_detection", results_dir=tmp_path, lr="0.02", image_size="40",
+                         num_workers=0)
+    assert isinstance(detection, ex.DetectionExperiment)
     assert detection.profile.student_train["lr"] == 0.02 and detection.profile.image_size == 40
     with pytest.warns(FutureWarning):
-        assert det.setup("smoke", results_dir=tmp_path, carbon_intensity=10).carbon_intensity == 10.0
+        assert ex.setup("smoke", notebook="table4_detection", results_dir=tmp_path,
+                        carbon_intensity=10).carbon_intensity == 10.0
+    beyond = ex.setup("smoke", notebook="beyond_temperature_strategies", results_dir=tmp_path, seeds="0,1",
+                      tau_grid="[2, 4]")
+    assert beyond.settings.seeds == (0, 1) and beyond.settings.tau_grid == (2.0, 4.0)
+
+
+def test_the_setup_refuses_a_knob_the_notebook_does_not_take_with_the_ones_it_takes(tmp_path):
+    with pytest.raises(ValueError) as info:
+        ex.setup("smoke", notebook="table4_detection", results_dir=tmp_path, margin_pct=1.0, datasets="digits")
+    message = str(info.value)
+    assert message.startswith("unknown knob(s) datasets, margin_pct for table4_detection; valid: ")
+    assert "image_size" in message and "num_workers" in message
+    with pytest.raises(ValueError, match="unknown knob.*epoch.*valid: .*epochs"):
+        ex.setup("smoke", results_dir=tmp_path, epoch=3)
+    with pytest.raises(ValueError, match="unknown notebook 'table9'; valid: 00_start_here"):
+        ex.setup("smoke", notebook="table9", results_dir=tmp_path)
+
+
+def test_the_setup_keeps_every_knob_parsed_for_the_cells_below(tmp_path):
+    exp = ex.setup("smoke", notebook="figure4_logits_gradcam_confusion", results_dir=tmp_path, seed="1",
+                   example_class="3", output_dir=str(tmp_path / "out"), executor="local")
+    assert exp.knobs["seed"] == 1 and exp.knobs["example_class"] == 3 and exp.knobs["executor"] == "local"
+    assert exp.knobs["profile"] == "smoke" and exp.output_dir() == tmp_path / "out"
+    assert exp.notebook == "figure4_logits_gradcam_confusion" and exp.settings is None
 
 
 # -- the notebook-side check --------------------------------------------------------------------------
 PARAMETERS_CELL = 'profile = "demo"  # which scale\nseeds = None\ntau_grid = None\ndatasets = None\nepochs = None\n'
-SETUP_CELL = "from greenkd_utils import experiments as ex\nglobals().update(ex.notebook_parameters(globals()))"
+SETUP_CELL = ("from greenkd_utils.settings.notebook_parameters import declared_knobs\n"
+              'exp = ex.setup(notebook="table1_carbon_footprint", **declared_knobs(globals()))')
 
 
 def namespace(executed, **values):
@@ -226,7 +256,7 @@ def namespace(executed, **values):
 def test_injected_strings_are_parsed():
     injected = '# Parameters\nprofile = "smoke"\nseeds = "[0, 1]"\ntau_grid = "[2, 4]"\n'
     space = namespace([PARAMETERS_CELL, injected, SETUP_CELL], profile="smoke", seeds="[0, 1]", tau_grid="[2, 4]")
-    assert parameters_from_namespace(space) == {
+    assert declared_knobs(space) == {
         "profile": "smoke", "seeds": [0, 1], "tau_grid": [2.0, 4.0], "datasets": None, "epochs": None}
 
 
@@ -234,7 +264,7 @@ def test_an_injected_knob_the_notebook_does_not_declare_is_refused_by_name():
     injected = '# Parameters\nprofile = "smoke"\nno_such_knob = 7\nseed = 1\n'
     space = namespace([PARAMETERS_CELL, injected, SETUP_CELL], profile="smoke", no_such_knob=7, seed=1)
     with pytest.raises(ValueError) as info:
-        parameters_from_namespace(space)
+        declared_knobs(space)
     message = str(info.value)
     assert "no_such_knob, seed" in message and "profile, seeds, tau_grid, datasets, epochs" in message
 
@@ -242,31 +272,37 @@ def test_an_injected_knob_the_notebook_does_not_declare_is_refused_by_name():
 def test_a_bad_injected_value_is_refused_by_name():
     injected = '# Parameters\nepochs = "abc"\n'
     with pytest.raises(ValueError, match="^epochs='abc'"):
-        parameters_from_namespace(namespace([PARAMETERS_CELL, injected, SETUP_CELL], epochs="abc"))
+        declared_knobs(namespace([PARAMETERS_CELL, injected, SETUP_CELL], epochs="abc"))
 
 
 def test_an_old_name_maps_to_its_knob():
     injected = '# Parameters\ndataset = "cifar10"\n'
     space = namespace([PARAMETERS_CELL, injected, SETUP_CELL], dataset="cifar10")
     with pytest.warns(FutureWarning, match="datasets"):
-        assert parameters_from_namespace(space)["datasets"] == ["cifar10"]
+        assert declared_knobs(space)["datasets"] == ["cifar10"]
     # An old name whose knob this notebook does not have is unknown like any other.
     injected = '# Parameters\ncarbon_intensity = 100\n'
     with pytest.raises(ValueError, match="unknown notebook parameter.*carbon_intensity"):
-        parameters_from_namespace(namespace([PARAMETERS_CELL, injected, SETUP_CELL], carbon_intensity=100))
+        declared_knobs(namespace([PARAMETERS_CELL, injected, SETUP_CELL], carbon_intensity=100))
 
 
 def test_without_papermill_the_declared_values_are_parsed():
     # JupyterLab: the user edited the parameters cell, ran a few cells, then the setup cell again.
     edited = PARAMETERS_CELL.replace("seeds = None", 'seeds = "0,1"')
     space = namespace([edited, SETUP_CELL, "print(1)", SETUP_CELL], seeds="0,1", debug=True)
-    assert parameters_from_namespace(space)["seeds"] == [0, 1]
+    assert declared_knobs(space)["seeds"] == [0, 1]
     # A parameters cell of its own that starts like papermill's is not mistaken for an injected one.
     own = "# Parameters of this notebook\n" + PARAMETERS_CELL
     space = namespace(["import os", own, SETUP_CELL], epochs="2")
-    assert parameters_from_namespace(space)["epochs"] == 2
+    assert declared_knobs(space)["epochs"] == 2
+    # A cell of assignments run after the parameters cell (as JupyterLab users and a Jupyter-server test
+    # inject values) changes some knobs and keeps the others.
+    space = namespace([PARAMETERS_CELL, 'profile = "smoke"\nseeds = "0,1"', SETUP_CELL], profile="smoke",
+                      seeds="0,1")
+    assert declared_knobs(space) == {
+        "profile": "smoke", "seeds": [0, 1], "tau_grid": None, "datasets": None, "epochs": None}
     # No IPython history at all (a plain script): every knob found in the namespace is parsed.
-    assert parameters_from_namespace({"seeds": "[3]", "profile": "smoke", "other": 1}) == {
+    assert declared_knobs({"seeds": "[3]", "profile": "smoke", "other": 1}) == {
         "profile": "smoke", "seeds": [3]}
 
 
@@ -306,15 +342,37 @@ def test_notebooks_share_the_canonical_knob_names(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_the_cell_after_the_parameters_checks_them_first(path):
+def test_the_cell_after_the_parameters_passes_them_once_to_the_one_setup(path):
     nb = nbformat.read(path, as_version=4)
     index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     setup = next(c for c in nb.cells[index + 1:] if c.cell_type == "code")
     statements = [s for s in ast.parse(setup.source).body if not isinstance(s, (ast.Import, ast.ImportFrom))]
-    assert ast.unparse(statements[0]) == "globals().update(ex.notebook_parameters(globals()))"
+    assert ast.unparse(statements[0]) == f"exp = ex.setup(notebook='{path.stem}', **declared_knobs(globals()))"
+    # No statement reads a knob's raw value (papermill's string, maybe) before binding the name again: the
+    # parsed values are exp.knobs.
+    raw, statements = set(declared(path)), []
+    for cell in nb.cells[index + 1:]:
+        statements += ast.parse(cell.source).body if cell.cell_type == "code" else []
+    for statement in statements:
+        names = [n for n in ast.walk(statement) if isinstance(n, ast.Name)]
+        read = {n.id for n in names if isinstance(n.ctx, ast.Load)} & raw
+        assert not read, f"{path.stem} reads the raw knobs {sorted(read)}: {ast.unparse(statement)[:80]}"
+        raw -= {n.id for n in names if isinstance(n.ctx, ast.Store)}
 
 
-# beyond_temperature_strategies.setup takes no lr: its students train at the profile's.
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_one_setup_takes_every_knob_the_notebook_declares(path):
+    defaults = {t.id: ast.literal_eval(s.value) for s in ast.parse(parameters_cell(path)).body for t in s.targets}
+    chosen = read_knobs(path.stem, **{**defaults, "profile": "smoke"})
+    assert set(chosen.knobs) == set(defaults)
+
+
+def test_every_notebook_has_a_family_and_every_family_a_notebook():
+    assert sorted(NOTEBOOK_FAMILIES) == [p.stem for p in NOTEBOOKS]
+    assert set(NOTEBOOK_FAMILIES.values()) == set(FAMILIES)
+
+
+# The beyond notebook takes no lr: its students train at the profile's (they are Tables 1 and 4's).
 STUDENT_LR_FROM_ITS_OWN_SETTINGS = {"beyond_temperature_strategies"}
 
 

@@ -17,7 +17,7 @@ from greenkd_utils.paper.experiments import hardware_of
 from greenkd_utils.paper.manifest import hardware
 from greenkd_utils.runs import execution, lifecycle
 from greenkd_utils.runs.store import RunStore
-from greenkd_utils.runs.tasks.classification import train_run
+from greenkd_utils.runs.lifecycle import train as train_run
 from greenkd_utils.settings.profiles import load_profile
 
 
@@ -80,7 +80,7 @@ def test_a_run_under_another_instruction_set_says_so(tmp_path):
     code = (
         "import dataclasses, json, sys\n"
         "from greenkd_utils.runs.store import RunStore\n"
-        "from greenkd_utils.runs.tasks.classification import train_run\n"
+        "from greenkd_utils.runs.lifecycle import train as train_run\n"
         "from greenkd_utils.settings.profiles import load_profile\n"
         "c = load_profile('smoke').student_config('digits', 0)\n"
         "r = train_run(c.replace(train=dataclasses.replace(c.train, epochs=1)), RunStore(sys.argv[1]), device='cpu', progress=False)\n"

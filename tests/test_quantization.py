@@ -13,10 +13,10 @@ from greenkd_utils.core import quantization as q
 from greenkd_utils.core.config import AugmentSettings, RunConfig, TrainSettings
 from greenkd_utils.core.models import create_model
 from greenkd_utils.energy.flops import train_step_flops
-from greenkd_utils.energy.meter import EnergyReport
+from greenkd_utils.energy.report import EnergyReport
 from greenkd_utils.runs.store import CHECKPOINT_FILE, MODEL_FILE
 from greenkd_utils.runs.tasks import qat as qat_task
-from greenkd_utils.runs.tasks.qat import train_qat
+from greenkd_utils.runs.sweep import train_qat
 
 BACKEND = q.resolve_backend("auto")
 SHAPE = (1, 8, 8)
@@ -176,9 +176,9 @@ def test_train_qat_from_scratch_is_cached_and_reloads(store):
     config = q.QATConfig.from_student(_student(), init="scratch", freeze_fraction=0.5)
     pipeline = train_qat(config, store, device="cpu", progress=False)
     result = pipeline.qat
-    assert pipeline.initial is None and result.initial_test_accuracy is None
+    assert pipeline.initial is None and result.extras["initial_test_accuracy"] is None
     assert 0.0 <= result.test_accuracy <= 100.0 and pipeline.test_accuracy == result.test_accuracy
-    assert result.model_size["int8_bytes"] < result.model_size["fp32_bytes"]
+    assert result.extras["model_size"]["int8_bytes"] < result.extras["model_size"]["fp32_bytes"]
     assert result.training_flops > 0 and result.energy.energy_kwh > 0
     assert [h["observers_frozen"] for h in result.history] == [False, True]
     run_dir = store.run_dir(config)
@@ -187,7 +187,7 @@ def test_train_qat_from_scratch_is_cached_and_reloads(store):
     again = train_qat(config, store, device="cpu", progress=False).qat
     assert again.finished_at == result.finished_at and again.test_accuracy == result.test_accuracy
     # The stored weights rebuild the same int8 model.
-    int8 = result.load_int8_model(store)
+    int8 = qat_task.load_int8_model(result, store)
     images = torch.randint(0, 256, (16, *SHAPE), dtype=torch.uint8)
     assert int8(torch.zeros(2, *SHAPE)).shape == (2, 10)
     assert q.int8_logits(int8, images, torch.zeros(1), torch.ones(1), config.backend).shape == (16, 10)
@@ -199,7 +199,7 @@ def test_qat_fine_tunes_the_trained_student_and_costs_both_stages(store):
     pipeline = train_qat(config, store, device="cpu", progress=False)
     initial = pipeline.initial
     assert initial is not None and store.is_finished(student)  # the float student was trained first
-    assert pipeline.qat.initial_test_accuracy == pytest.approx(initial.test_accuracy, abs=1e-3)
+    assert pipeline.qat.extras["initial_test_accuracy"] == pytest.approx(initial.test_accuracy, abs=1e-3)
     assert pipeline.energy.energy_kwh == pytest.approx(initial.energy.energy_kwh + pipeline.qat.energy.energy_kwh)
     assert pipeline.training_flops == pytest.approx(initial.training_flops + pipeline.qat.training_flops)
     assert pipeline.wall_time_s > pipeline.qat.wall_time_s

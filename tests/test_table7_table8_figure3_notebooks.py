@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from notebook_runner import execute, smoke_dirs
 
-from greenkd_utils.paper.extra_tables import load_settings
+from greenkd_utils.settings.extra_tables import load_settings
 from greenkd_utils.settings.profiles import load_profile
 
 pytestmark = pytest.mark.notebook

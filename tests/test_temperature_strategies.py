@@ -28,7 +28,7 @@ from greenkd_utils.core.temperature import (
     cosine_curriculum,
     make_temperature,
 )
-from greenkd_utils.energy.meter import ComponentEnergy, EnergyReport
+from greenkd_utils.energy.report import ComponentEnergy, EnergyReport
 from greenkd_utils.runs import lifecycle, successive_halving
 from greenkd_utils.runs.store import CHECKPOINT_FILE, RunStore
 from greenkd_utils.runs.successive_halving import (
@@ -40,7 +40,8 @@ from greenkd_utils.runs.successive_halving import (
 )
 from greenkd_utils.runs.sweep import tuned_sweep
 from greenkd_utils.runs.tasks import classification as engine
-from greenkd_utils.runs.tasks.classification import RunResult, train_run
+from greenkd_utils.runs.lifecycle import train as train_run
+from greenkd_utils.runs.record import RunResult
 from greenkd_utils.settings.profiles import load_profile
 
 ALPHA = 0.95

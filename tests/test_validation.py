@@ -11,11 +11,8 @@ import pytest
 from dataset_writers import write_cifar10, write_cifar100
 
 from greenkd_utils.core.config import RunConfig, TemperatureSpec, TrainSettings
-from greenkd_utils.core.data import (
-    DatasetCorruptError,
-    DatasetNotFoundError,
-    load_dataset,
-)
+from greenkd_utils.core.data import load_dataset
+from greenkd_utils.core.dataset_sources import DatasetCorruptError, DatasetNotFoundError
 from greenkd_utils.core.temperature import make_temperature
 from greenkd_utils.energy.meter import EnergyMeter
 

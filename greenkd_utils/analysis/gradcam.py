@@ -23,9 +23,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from greenkd_utils.analysis import plotting
+from greenkd_utils.analysis.predictions import load_models, test_split
 from greenkd_utils.core.augment import standardize
 from greenkd_utils.core.models import gradcam_target_layers
-from greenkd_utils.runs.tasks.classification import RunResult
+from greenkd_utils.runs.record import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +152,6 @@ def plot_gradcam_grid(
     import matplotlib.pyplot as plt
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    from greenkd_utils.paper import plotting
-
     plotting.use_style()
     n = images.shape[0]
     fig, axes = plt.subplots(1 + len(results), n, figsize=(2.0 * n, 2.1 * (1 + len(results))), squeeze=False)
@@ -199,8 +199,6 @@ def gradcam_panel(exp, runs: Dict[str, RunResult], n_images: int = 4, target: st
                   indices: Optional[Sequence[int]] = None) -> GradCamPanel:
     """Grad-CAM of every run's model on the same test images (by default the first image of
     ``n_images`` classes spread over the label range). Computed on the CPU: a few images need no GPU."""
-    from greenkd_utils.analysis.predictions import load_models, test_split
-
     if not runs:
         raise ValueError("gradcam_panel needs at least one run")
     models = load_models(exp, runs, "cpu")

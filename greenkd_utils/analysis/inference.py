@@ -19,17 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from greenkd_utils.energy.meter import (
-    DEFAULT_CARBON_INTENSITY,
-    DEFAULT_PUE,
-    EnergyMeter,
-    EnergyReport,
-)
-from greenkd_utils.runs.tasks.classification import (
-    RunResult,
-    predict_logits,
-    resolve_device,
-)
+from greenkd_utils.analysis import plotting
+from greenkd_utils.analysis.predictions import load_models, test_split
+from greenkd_utils.energy.meter import EnergyMeter
+from greenkd_utils.energy.report import DEFAULT_CARBON_INTENSITY, DEFAULT_PUE, EnergyReport
+from greenkd_utils.runs.device_data import predict_logits
+from greenkd_utils.runs.execution import resolve_device
+from greenkd_utils.runs.record import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +128,6 @@ def inference_table(exp, runs: Dict[str, RunResult], batch_size: int = 512, min_
     Uses the experiment's PUE and carbon intensity. Models are measured one
     after the other in the order of ``runs``.
     """
-    from greenkd_utils.analysis.predictions import load_models, test_split
-
     target = str(resolve_device(device or exp.device))
     models = load_models(exp, runs, target)
     rows = []
@@ -152,8 +146,6 @@ def inference_table(exp, runs: Dict[str, RunResult], batch_size: int = 512, min_
 
 def plot_inference_costs(table: pd.DataFrame, axes=None, title: Optional[str] = None):
     """Two bar panels: time per test-set pass and CO2eq per pass, one bar per method (Figure 1b, c)."""
-    from greenkd_utils.paper import plotting
-
     fig, axes = plotting.figure_and_axes(axes, 2, figsize=(9, 3.4))
     ax_time, ax_co2 = axes
     labels = [plotting.method_label(m) for m in table["method"]]
@@ -172,44 +164,3 @@ def plot_inference_costs(table: pd.DataFrame, axes=None, title: Optional[str] = 
     if title:
         fig.suptitle(title)
     return fig
-
-
-def compare_with_paper(costs: pd.DataFrame, paper_test_images: int = 10_000) -> pd.DataFrame:
-    """Our teacher's inference time and CO2eq per test-set pass beside the paper's Figure 1 (b, c).
-
-    The paper gives only its teacher's numbers (ResNet18 on CIFAR-100's evaluation set, RTX 3070 Ti).
-    Test sets differ in size, so per-image values are listed too, assuming the paper's evaluation
-    set is CIFAR-100's ``paper_test_images`` test images.
-    """
-    from greenkd_utils.paper.reference import load_reference, paper_value
-
-    teacher = costs[costs["method"] == "teacher"]
-    if teacher.empty:
-        raise ValueError("the inference table has no 'teacher' row to compare with the paper")
-    row = teacher.iloc[0]
-    ref = load_reference("figure1")
-    paper_dataset = ref["dataset"].iloc[0] if len(ref) else "cifar100"
-    out = []
-    pairs = (("time_per_pass_s", "inference_time_s", "s"), ("co2_g_per_pass", "inference_co2_g", "g"))
-    for ours_col, metric, unit in pairs:
-        paper, _ = paper_value("figure1", paper_dataset, "teacher_inference", metric)
-        ours = float(row[ours_col])
-        out.append(
-            {
-                "method": "teacher",
-                "model": row["model"],
-                "metric": metric,
-                "unit": unit,
-                "ours_per_pass": ours,
-                "paper_per_pass": paper,
-                "ratio_per_pass": ours / paper if paper else np.nan,
-                "ours_per_image": ours / row["n_images"],
-                "paper_per_image": paper / paper_test_images,
-                "ratio_per_image": (ours / row["n_images"]) / (paper / paper_test_images) if paper else np.nan,
-                "ours_test_images": int(row["n_images"]),
-                "paper_dataset": paper_dataset,
-                "energy_source": row["energy_source"],
-                "device": row["device"],
-            }
-        )
-    return pd.DataFrame(out)

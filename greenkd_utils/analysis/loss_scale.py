@@ -15,10 +15,12 @@ from typing import Iterable, Sequence
 import pandas as pd
 import torch
 
+from greenkd_utils.analysis.plotting import use_style
 from greenkd_utils.core.augment import standardize
 from greenkd_utils.core.losses import kd_loss
 from greenkd_utils.core.models import create_model
-from greenkd_utils.runs.tasks.classification import prepare_data, resolve_device
+from greenkd_utils.runs.device_data import prepare_data
+from greenkd_utils.runs.execution import resolve_device
 
 
 def teacher_logit_scale(logits: torch.Tensor) -> dict:
@@ -87,8 +89,6 @@ def loss_and_gradient_by_tau(
 def plot_loss_scale(table: pd.DataFrame, tau_range: Sequence[float] = (2.0, 20.0)):
     """Gradient norm and loss against tau, one line per loss, log-log, the stochastic range shaded."""
     import matplotlib.pyplot as plt
-
-    from greenkd_utils.paper.plotting import use_style
 
     use_style()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))

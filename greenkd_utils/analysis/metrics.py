@@ -20,7 +20,7 @@ and :func:`balanced_kappa` give these closed forms.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,8 +32,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-if TYPE_CHECKING:
-    from greenkd_utils.analysis.predictions import Predictions
+from greenkd_utils.analysis import plotting
+from greenkd_utils.analysis.predictions import Predictions
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,6 @@ def plot_confusion_matrices(predictions: Mapping[str, Predictions], title: str =
     """One heat map per method (rows: true class, columns: predicted), counts written in the cells (Figure 4c)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-
-    from greenkd_utils.paper import plotting
 
     plotting.use_style()
     matrices = confusion_matrices(predictions)

@@ -14,12 +14,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from greenkd_utils.runs.tasks.classification import (
-    RunResult,
-    predict_logits,
-    prepare_data,
-    resolve_device,
-)
+from greenkd_utils.runs.device_data import predict_logits, prepare_data
+from greenkd_utils.runs.execution import resolve_device
+from greenkd_utils.runs.record import RunResult
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,14 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from greenkd_utils.core.checks import real_number, whole_number
+from greenkd_utils.energy.checks import real_number, whole_number
+from greenkd_utils.core.data import DATASETS
 from greenkd_utils.core.losses import (
     KD_LOSSES,
     KL_REDUCTIONS,
     check_logit_standardization,
 )
+from greenkd_utils.core.models import check_model_name
 from greenkd_utils.core.temperature import (
     CTKD_CURRICULUM_EPOCHS,
     CTKD_HIGH,
@@ -220,44 +222,79 @@ class TemperatureSpec:
         return f"tau~U[{self.low:g},{self.high:g}]"
 
 
-def check_role_and_loss(config, plain_loss: str, plain_loss_name: str, shared_with_teacher: Tuple[str, ...],
-                        mismatch: str) -> None:
-    """What every config with a ``role`` (teacher, student, kd) must hold: a KD run has a registered KD loss, a
-    temperature and a teacher that shares ``shared_with_teacher`` with it; any other run trains with
-    ``plain_loss``; logit standardization is a KD option; a known KL reduction; a validation fraction in [0, 1)."""
-    if config.role == "kd":
-        if config.loss not in KD_LOSSES:
-            raise ValueError(f"unknown KD loss {config.loss!r}; valid: {', '.join(sorted(KD_LOSSES))}")
-        if config.temperature is None or config.teacher is None:
-            raise ValueError("a KD run needs a temperature and a teacher config")
-        if any(getattr(config, f) != getattr(config.teacher, f) for f in shared_with_teacher):
-            raise ValueError(mismatch)
-        check_logit_standardization(config.loss, config.logit_standardization)
-    elif config.loss != plain_loss:
-        raise ValueError(f"a {config.role} run is trained with {plain_loss_name} (loss={plain_loss!r}); got {config.loss!r}")
-    elif config.logit_standardization:
-        raise ValueError(f"logit standardization applies to KD runs only; got role {config.role!r}")
-    if config.kl_reduction not in KL_REDUCTIONS:
-        raise ValueError(f"unknown kl_reduction {config.kl_reduction!r}; valid: {', '.join(KL_REDUCTIONS)}")
-    if not 0.0 <= config.val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in [0, 1); got {config.val_fraction}")
+@dataclass(frozen=True, kw_only=True)
+class DistillSpec:
+    """What every run config says about distillation, in one place: the loss, its weight ``alpha``, the
+    temperature, logit standardization and the teacher run. A run config inherits these fields (so its dict,
+    and with it the run key, stays flat); a run without a KD term leaves ``temperature`` and ``teacher`` None
+    and trains with its task's plain loss."""
+
+    loss: str
+    alpha: float = 0.95
+    kl_reduction: str = "batchmean"
+    temperature: Optional[TemperatureSpec] = None
+    teacher: Optional[Any] = None
+    # Z-score teacher and student logits per sample before the softened softmax (Sun et al., CVPR 2024).
+    logit_standardization: bool = False
+
+    @staticmethod
+    def nested_from_dict(d: Dict[str, Any], teacher_type) -> Dict[str, Any]:
+        """A stored config dict with its temperature and teacher (a ``teacher_type``) as objects."""
+        if isinstance(d.get("temperature"), dict):
+            d["temperature"] = TemperatureSpec(**d["temperature"])
+        if isinstance(d.get("teacher"), dict):
+            d["teacher"] = teacher_type.from_dict(d["teacher"])
+        return d
+
+    @property
+    def kd_name(self) -> str:
+        """What names a KD run's folder: teacher-to-student, loss, tau and "ls" for logit standardization."""
+        tau = self.temperature.short().replace("~", "").replace("[", "").replace("]", "")
+        return "_".join([f"{self.teacher.model}-to-{self.model}", self.loss, tau] + (["ls"] if self.logit_standardization else []))
+
+    @property
+    def distils(self) -> bool:
+        """Whether the run has a KD term (and so a tau to draw, fix or search)."""
+        return self.temperature is not None
+
+    def check_distillation(self, distils: bool, plain_loss: str, plain_loss_name: str,
+                           shared_with_teacher: Tuple[str, ...], mismatch: str) -> None:
+        """A KD run has a registered KD loss, a temperature and a teacher that shares ``shared_with_teacher``
+        with it; any other run trains with ``plain_loss``; logit standardization is a KD option; alpha lies in
+        [0, 1]; the KL reduction is known."""
+        store_floats(self, "alpha")
+        real_number("alpha", self.alpha, at_least=0, at_most=1)
+        if distils:
+            if self.loss not in KD_LOSSES:
+                raise ValueError(f"unknown KD loss {self.loss!r}; valid: {', '.join(sorted(KD_LOSSES))}")
+            if self.temperature is None or self.teacher is None:
+                raise ValueError("a KD run needs a temperature and a teacher config")
+            if any(getattr(self, f) != getattr(self.teacher, f) for f in shared_with_teacher):
+                raise ValueError(mismatch)
+            check_logit_standardization(self.loss, self.logit_standardization)
+        elif self.loss != plain_loss:
+            raise ValueError(f"a {getattr(self, 'role', '')} run is trained with {plain_loss_name} "
+                             f"(loss={plain_loss!r}); got {self.loss!r}")
+        elif self.logit_standardization:
+            raise ValueError(f"logit standardization applies to KD runs only; got role {getattr(self, 'role', None)!r}")
+        if self.kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"unknown kl_reduction {self.kl_reduction!r}; valid: {', '.join(KL_REDUCTIONS)}")
+
+
+def check_val_fraction(value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1); got {value}")
 
 
 def check_dataset_and_model(dataset: Any, model: Any) -> None:
     """Refuse a dataset or model name that the run could only trip over when it starts loading data."""
-    from greenkd_utils.core.data import (
-        DATASETS,  # imported here: the data and model modules pull in torchvision
-    )
-    from greenkd_utils.core.models import available_models
-
     if not isinstance(dataset, str) or dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    if not isinstance(model, str) or model not in available_models():
-        raise ValueError(f"unknown model {model!r}; valid: {', '.join(available_models())}")
+    check_model_name(model)
 
 
 @dataclass(frozen=True)
-class RunConfig(StoredConfig):
+class RunConfig(DistillSpec, StoredConfig):
     """One training run: a teacher or student trained with cross-entropy, or a KD student."""
 
     role: str
@@ -266,20 +303,15 @@ class RunConfig(StoredConfig):
     seed: int = 0
     train: TrainSettings = field(default_factory=TrainSettings)
     profile: str = "paper"
-    loss: str = "ce"
-    alpha: float = 0.95
-    kl_reduction: str = "batchmean"
-    temperature: Optional[TemperatureSpec] = None
-    teacher: Optional["RunConfig"] = None
+    loss: str = field(default="ce", kw_only=True)
+    teacher: Optional["RunConfig"] = field(default=None, kw_only=True)
     # A stratified hold-out of the training split: tau is chosen on it, never on the test set.
     val_fraction: float = 0.1
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
-    # Z-score teacher and student logits per sample before the softened softmax (Sun et al., CVPR 2024).
-    logit_standardization: bool = False
 
     def __post_init__(self):
-        store_floats(self, "alpha", "val_fraction")
+        store_floats(self, "val_fraction")
         if self.role not in ROLES:
             raise ValueError(f"unknown role {self.role!r}; valid: {', '.join(ROLES)}")
         check_dataset_and_model(self.dataset, self.model)
@@ -287,30 +319,19 @@ class RunConfig(StoredConfig):
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, whole_number(name, getattr(self, name), 1))
-        real_number("alpha", self.alpha, at_least=0, at_most=1)
-        check_role_and_loss(self, "ce", "cross-entropy", shared_with_teacher=("dataset",),
-                            mismatch="the teacher must be trained on the same dataset as the student")
+        self.check_distillation(self.role == "kd", "ce", "cross-entropy", shared_with_teacher=("dataset",),
+                                mismatch="the teacher must be trained on the same dataset as the student")
+        check_val_fraction(self.val_fraction)
 
     # -- identity -------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
         d = dict(d)
         d["train"] = TrainSettings(**d["train"]) if isinstance(d.get("train"), dict) else d.get("train")
-        if isinstance(d.get("temperature"), dict):
-            d["temperature"] = TemperatureSpec(**d["temperature"])
-        if isinstance(d.get("teacher"), dict):
-            d["teacher"] = cls.from_dict(d["teacher"])
-        return cls(**d)
+        return cls(**cls.nested_from_dict(d, cls))
 
     @property
     def name(self) -> str:
         """Readable folder/progress-bar name; the key keeps it unique."""
-        parts = [self.role, self.dataset, self.model]
-        if self.role == "kd":
-            parts[2] = f"{self.teacher.model}-to-{self.model}"
-            parts += [self.loss, self.temperature.short().replace("~", "").replace("[", "").replace("]", "")]
-            if self.logit_standardization:
-                parts.append("ls")
-        parts.append(f"s{self.seed}")
-        return "_".join(parts)
+        return f"{self.role}_{self.dataset}_{self.kd_name if self.role == 'kd' else self.model}_s{self.seed}"
 

@@ -20,14 +20,24 @@ Adding a model is one decorated builder::
     @register_model("my_net")
     def my_net(num_classes: int, in_channels: int = 3) -> nn.Module:
         ...
+
+Any model of the timm library is also accepted by name, prefixed ``timm:``
+(``"timm:resnet50"``, ``"timm:mobilenetv3_small_100"``). It is built with
+fresh weights, never downloaded ones (``pretrained=False``): a pretrained
+teacher would carry training that no run record accounts for, in energy or in
+FLOPs. timm's ImageNet models keep their stride-2 stems, so on 8x8 digits their
+deeper feature maps are 1x1; they still train, but the built-in models above
+suit small images better.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
+import timm
 import torch
 from torch import nn
 from torchvision import models as tvm
@@ -40,6 +50,9 @@ MODELS: Dict[str, ModelBuilder] = {}
 
 # The smallest input side every model must handle (the 8x8 digits).
 SMALLEST_INPUT = 8
+
+# A model name that starts with this is a timm model: the rest is its name in ``timm.list_models()``.
+TIMM_PREFIX = "timm:"
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -55,26 +68,52 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 
 def available_models() -> List[str]:
-    """Names accepted by :func:`create_model`, sorted."""
+    """The built-in model names, sorted; :func:`create_model` also accepts ``timm:<name>``."""
     return sorted(MODELS)
 
 
-def _check_name(name: str) -> None:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(available_models())}")
+def is_timm_model(name: Any) -> bool:
+    """Whether ``name`` asks for a timm model (``timm:<name>``), known to timm or not."""
+    return isinstance(name, str) and name.startswith(TIMM_PREFIX)
+
+
+def check_model_name(name: Any) -> None:
+    """Refuse, naming the value, a model name that :func:`create_model` cannot build."""
+    if is_timm_model(name):
+        _check_timm_name(name)
+    elif not isinstance(name, str) or name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(available_models())}, "
+                         f"or {TIMM_PREFIX}<name> for any model in timm.list_models()")
+
+
+def _check_timm_name(name: str) -> None:
+    timm_name = name[len(TIMM_PREFIX):]
+    architecture, dot, tag = timm_name.partition(".")
+    if dot and timm.is_model(architecture):
+        # A tag names a set of pretrained weights, and weights are never loaded here.
+        raise ValueError(f"model {name!r} names the pretrained weights {tag!r}, which are never loaded "
+                         f"(runs start from fresh weights); use {TIMM_PREFIX}{architecture}")
+    if not timm.is_model(timm_name):
+        close = difflib.get_close_matches(timm_name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; close names: {', '.join(TIMM_PREFIX + c for c in close)}" if close else ""
+        raise ValueError(f"unknown timm model {name!r}: {timm_name!r} is not in timm.list_models(){hint}")
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """Build the model registered as ``name`` with fresh (seeded) weights.
+    """Build the model registered as ``name`` (or the timm model ``timm:<name>``) with fresh (seeded) weights.
 
     Initialisation only draws from torch's global generator, so calling
     ``torch.manual_seed`` first makes the weights reproducible.
     """
-    _check_name(name)
+    check_model_name(name)
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer; got {value!r}")
-    model = MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    if is_timm_model(name):
+        model = timm.create_model(name[len(TIMM_PREFIX):], pretrained=False,
+                                  num_classes=num_classes, in_chans=in_channels)
+    else:
+        model = MODELS[name](num_classes=num_classes, in_channels=in_channels)
     n_params = sum(p.numel() for p in model.parameters())
     logger.debug("created %s (%d classes, %d input channels): %d parameters",
                  name, num_classes, in_channels, n_params)
@@ -302,7 +341,10 @@ def gradcam_target_layers(name: str, model: nn.Module, input_size: int | None = 
     Pass the real input side to get the deepest usable block (``layer4[-1]``
     for resnet18 at 32 px).
     """
-    _check_name(name)
+    if is_timm_model(name):
+        raise ValueError(f"no Grad-CAM target layers known for the timm model {name!r}; Grad-CAM works with the "
+                         f"built-in models: {', '.join(available_models())}")
+    check_model_name(name)
     size = SMALLEST_INPUT if input_size is None else int(input_size)
     if size < 1:
         raise ValueError(f"input_size must be a positive integer; got {input_size!r}")

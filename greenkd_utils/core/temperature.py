@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from greenkd_utils.core.checks import real_number
+from greenkd_utils.energy.checks import real_number
 
 TEMPERATURE_MODES = ("fixed", "stochastic", "stochastic_per_sample", "ctkd")
 

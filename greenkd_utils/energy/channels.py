@@ -13,7 +13,7 @@ from greenkd_utils.energy.report import (
     BYTES_PER_GIB,
     JOULES_PER_KWH,
     ComponentEnergy,
-    _warn_once,
+    warn_once,
 )
 from greenkd_utils.energy.sensors import RaplDomain
 
@@ -23,7 +23,7 @@ from greenkd_utils.energy.sensors import RaplDomain
 # reports, for each component, the first one that is still healthy.
 
 
-class _Channel:
+class Channel:
     """Base class: failure handling and thread-safety shared by all sources."""
 
     provides: Tuple[str, ...] = ()  # component names this source can report
@@ -111,7 +111,7 @@ class _Channel:
         if self.healthy:
             self.healthy = False
             self._failed_at = t
-            _warn_once(
+            warn_once(
                 f"fail:{self.key}",
                 "energy sensor %s failed (%s: %s); its components fall back to the next source",
                 self.key,
@@ -120,7 +120,7 @@ class _Channel:
             )
 
 
-class _NvmlCounterChannel(_Channel):
+class NvmlCounterChannel(Channel):
     """GPU energy as the difference of NVML's total-energy counter (mJ)."""
 
     provides = ("gpu",)
@@ -142,7 +142,7 @@ class _NvmlCounterChannel(_Channel):
         return f"NVML total-energy counter (GPU {self._index})"
 
 
-class _PowerChannel(_Channel):
+class PowerChannel(Channel):
     """Integrates power samples taken by the background thread.
 
     Each sample's watts are credited to the interval since the previous
@@ -207,7 +207,7 @@ class _PowerChannel(_Channel):
         self._close()
 
 
-class _RaplChannel(_Channel):
+class RaplChannel(Channel):
     """CPU package and DRAM energy from this module's own RAPL counter reads.
 
     The counters wrap at ``max_energy_range_uj`` (a few hundred kJ, i.e. tens
@@ -295,7 +295,7 @@ def _process_cpu_seconds(fresh: bool = True) -> Tuple[float, Dict[int, float]]:
         return t.user + t.system + t.children_user + t.children_system, {}
 
 
-class _CpuTimeChannel(_Channel):
+class CpuTimeChannel(Channel):
     """Estimated CPU energy: CPU time of the process tree x watts per busy core."""
 
     provides = ("cpu",)
@@ -330,7 +330,7 @@ def _rss_bytes() -> float:
             return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class _RssChannel(_Channel):
+class RssChannel(Channel):
     """Estimated DRAM energy: resident memory of the process, integrated over time, x watts per GiB."""
 
     provides = ("dram",)

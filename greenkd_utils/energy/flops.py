@@ -88,7 +88,8 @@ def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padd
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
-def _flop_counter() -> FlopCounterMode:
+def flop_counter() -> FlopCounterMode:
+    """A silent FlopCounterMode whose grouped convolutions' backward passes are counted right."""
     return FlopCounterMode(display=False,
                            custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
 
@@ -164,7 +165,7 @@ def _untouched_buffers(model: nn.Module) -> Iterator[None]:
 
 def _count_forward(model: nn.Module, x: torch.Tensor) -> int:
     with _mode(model, False), torch.no_grad():
-        counter = _flop_counter()
+        counter = flop_counter()
         with counter:
             model(x)
     return counter.get_total_flops()
@@ -208,10 +209,10 @@ def _student_step(model: nn.Module, sample_shape: Tuple[int, ...]) -> Tuple[int,
     x = _dummy(model, (_STEP_BATCH,) + sample_shape)
     params = [p for p in model.parameters() if p.requires_grad]
     with _mode(model, True), _untouched_buffers(model), torch.enable_grad():
-        fwd_counter = _flop_counter()
+        fwd_counter = flop_counter()
         with fwd_counter:
             loss = _scalar(model(x))
-        bwd_counter = _flop_counter()
+        bwd_counter = flop_counter()
         if params:
             # autograd.grad returns the gradients instead of accumulating them
             # into .grad, so the caller's gradients stay exactly as they were.

@@ -36,45 +36,32 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from greenkd_utils.core.checks import real_number
-from greenkd_utils.energy.channels import (  # noqa: F401  (the meter's sources, patchable here)
-    _Channel,
-    _CpuTimeChannel,
-    _NvmlCounterChannel,
-    _PowerChannel,
-    _process_cpu_seconds,
-    _RaplChannel,
-    _rss_bytes,
-    _RssChannel,
+from greenkd_utils.energy.channels import (
+    Channel,
+    CpuTimeChannel,
+    NvmlCounterChannel,
+    PowerChannel,
+    RaplChannel,
+    RssChannel,
 )
-from greenkd_utils.energy.report import (  # noqa: F401  (the report types, importable from the meter)
-    BYTES_PER_GIB,
-    COMPONENT_ORDER,
+from greenkd_utils.energy.checks import real_number
+from greenkd_utils.energy.report import (
     DEFAULT_CARBON_INTENSITY,
     DEFAULT_PUE,
-    JOULES_PER_KWH,
-    MILLIJOULES_PER_KWH,
     POWERCAP_ROOT,
-    SOURCES,
     ComponentEnergy,
     EnergyReport,
-    _ordered,
-    _warn_once,
-    _warned,
+    in_component_order,
     logger,
+    warn_once,
 )
-from greenkd_utils.energy.sensors import (  # noqa: F401
-    NvmlDevice,
-    RaplDomain,
-    _carbontracker_can_map_gpus,
-    _CarbontrackerCpu,
-    _CarbontrackerGpu,
-    _cuda_index,
-    _open_carbontracker_cpu,
-    _open_carbontracker_gpu,
-    _visible_device_list,
+from greenkd_utils.energy.sensors import (
+    carbontracker_can_map_gpus,
+    cuda_index_of,
     discover_rapl_domains,
     nvml_index_for,
+    open_carbontracker_cpu,
+    open_carbontracker_gpu,
     open_nvml_device,
 )
 
@@ -126,7 +113,7 @@ class EnergyMeter:
         self.host_shared = bool(host_shared)
         self.report: Optional[EnergyReport] = None
 
-        self._channels: List[_Channel] = []
+        self._channels: List[Channel] = []
         self._closers: List[Callable[[], None]] = []
         self._t0: Optional[float] = None
         self._t_end: Optional[float] = None
@@ -182,7 +169,7 @@ class EnergyMeter:
         t_end = time.monotonic()
         try:
             for ch in self._channels:
-                if isinstance(ch, _PowerChannel):
+                if isinstance(ch, PowerChannel):
                     ch.clip(t_end)
             self._stop_event.set()
             if self._thread is not None:
@@ -204,12 +191,12 @@ class EnergyMeter:
     def _empty(self, t: float) -> EnergyReport:
         return EnergyReport(max(0.0, t - (self._t0 or t)), {}, self.pue, self.carbon_intensity_g_per_kwh)
 
-    def _try_start(self, channel: _Channel, t: float) -> Optional[_Channel]:
+    def _try_start(self, channel: Channel, t: float) -> Optional[Channel]:
         try:
             channel.start(t)
             return channel
         except Exception as exc:
-            _warn_once(
+            warn_once(
                 f"start:{channel.key}",
                 "energy sensor %s could not start (%s: %s); using the next source",
                 channel.key,
@@ -219,21 +206,21 @@ class EnergyMeter:
             channel.close()
             return None
 
-    def _open_channels(self, t: float) -> List[_Channel]:
-        channels: List[_Channel] = []
+    def _open_channels(self, t: float) -> List[Channel]:
+        channels: List[Channel] = []
         channels += self._gpu_channels(t)
         if not self.host_shared:
             channels += self._cpu_channels(t)
         # The estimates always run: they are the last resort of cpu and dram.
-        for estimate in (_CpuTimeChannel(self.cpu_watts_per_core), _RssChannel(self.dram_watts_per_gb)):
+        for estimate in (CpuTimeChannel(self.cpu_watts_per_core), RssChannel(self.dram_watts_per_gb)):
             started = self._try_start(estimate, t)
             if started is not None:
                 channels.append(started)
         return channels
 
-    def _gpu_channels(self, t: float) -> List[_Channel]:
+    def _gpu_channels(self, t: float) -> List[Channel]:
         try:
-            cuda_index = _cuda_index(self.device)
+            cuda_index = cuda_index_of(self.device)
         except Exception as exc:
             logger.debug("cannot parse device %r: %s", self.device, exc)
             return []
@@ -241,9 +228,9 @@ class EnergyMeter:
             return []
         nvml_index = nvml_index_for(cuda_index)
         nvml = self._open_nvml(nvml_index)
-        channels: List[_Channel] = []
+        channels: List[Channel] = []
         if nvml is not None:
-            counter = _NvmlCounterChannel(nvml, nvml_index)
+            counter = NvmlCounterChannel(nvml, nvml_index)
             try:
                 counter.start(t)
                 channels.append(counter)
@@ -259,7 +246,7 @@ class EnergyMeter:
         try:
             nvml = open_nvml_device(nvml_index)
         except Exception as exc:
-            _warn_once(
+            warn_once(
                 "nvml-open",
                 "cannot open NVML for GPU %s (%s); GPU energy will not be reported",
                 nvml_index,
@@ -269,13 +256,13 @@ class EnergyMeter:
         self._closers.append(nvml.close)
         return nvml
 
-    def _gpu_power_channel(self, cuda_index: int, nvml_index: int, nvml: Optional[Any]) -> Optional[_Channel]:
+    def _gpu_power_channel(self, cuda_index: int, nvml_index: int, nvml: Optional[Any]) -> Optional[Channel]:
         every = f"sampled every {self.sample_interval_s:g} s (GPU {nvml_index})"
         ct = None
-        if self.use_carbontracker and _carbontracker_can_map_gpus():
-            ct = _open_carbontracker_gpu(cuda_index)
+        if self.use_carbontracker and carbontracker_can_map_gpus():
+            ct = open_carbontracker_gpu(cuda_index)
         if ct is not None:
-            return _PowerChannel(
+            return PowerChannel(
                 lambda: {"gpu": ct.power_w()},
                 ("gpu",),
                 {"gpu": f"carbontracker NvidiaGPU power {every}"},
@@ -283,7 +270,7 @@ class EnergyMeter:
                 close=ct.close,
             )
         if nvml is not None:
-            return _PowerChannel(
+            return PowerChannel(
                 lambda: {"gpu": nvml.power_w()},
                 ("gpu",),
                 {"gpu": f"NVML power {every}"},
@@ -291,15 +278,15 @@ class EnergyMeter:
             )
         return None
 
-    def _cpu_channels(self, t: float) -> List[_Channel]:
-        channels: List[_Channel] = []
-        ct = _open_carbontracker_cpu(self.powercap_root) if self.use_carbontracker else None
+    def _cpu_channels(self, t: float) -> List[Channel]:
+        channels: List[Channel] = []
+        ct = open_carbontracker_cpu(self.powercap_root) if self.use_carbontracker else None
         if ct is not None:
             methods = {
                 name: f"carbontracker IntelCPU (RAPL {what} power sampled; whole socket, all processes)"
                 for name, what in (("cpu", "package"), ("dram", "dram"))
             }
-            channel = _PowerChannel(ct.power_w, ct.provides, methods, key="carbontracker-cpu", close=ct.close)
+            channel = PowerChannel(ct.power_w, ct.provides, methods, key="carbontracker-cpu", close=ct.close)
             started = self._try_start(channel, t)
             if started is not None:
                 channels.append(started)
@@ -309,7 +296,7 @@ class EnergyMeter:
             logger.debug("RAPL discovery failed: %s", exc)
             domains = []
         if any(d.kind == "package" for d in domains):
-            started = self._try_start(_RaplChannel(domains), t)
+            started = self._try_start(RaplChannel(domains), t)
             if started is not None:
                 channels.append(started)
         else:
@@ -341,7 +328,7 @@ class EnergyMeter:
                     healthy.setdefault(name, []).append(comp)
         components = {}
         with self._lock:
-            for name in _ordered(readings):
+            for name in in_component_order(readings):
                 comp = (healthy.get(name) or readings[name])[0]
                 # Snapshots must not go down: a live child's CPU time can
                 # vanish for an instant before it is reaped.  Only within one

@@ -20,7 +20,8 @@ from typing import Dict, Iterator, Mapping, Optional
 
 import torch
 
-from greenkd_utils.energy.meter import ComponentEnergy, EnergyMeter, EnergyReport
+from greenkd_utils.energy.meter import EnergyMeter
+from greenkd_utils.energy.report import ComponentEnergy, EnergyReport
 
 # The phases a run's energy is split into, in the order tables show them.
 PHASES = ("synthesis", "training", "evaluation", "checkpoints", "other")

@@ -11,8 +11,6 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterable, List, Optional
 
-from greenkd_utils.core.checks import real_number  # noqa: F401
-
 logger = logging.getLogger('greenkd_utils.energy')
 
 DEFAULT_PUE = 1.67
@@ -35,7 +33,7 @@ _warned: set = set()
 _warned_lock = threading.Lock()
 
 
-def _warn_once(key: str, message: str, *args: Any) -> None:
+def warn_once(key: str, message: str, *args: Any) -> None:
     """Log a warning only the first time ``key`` is seen in this process.
 
     A grid sweep runs dozens of meters; one warning about an unreadable sensor
@@ -72,7 +70,8 @@ class ComponentEnergy:
         return re.split(r" \(|:", self.method, maxsplit=1)[0].strip()
 
 
-def _ordered(names: Iterable[str]) -> List[str]:
+def in_component_order(names: Iterable[str]) -> List[str]:
+    """``names`` in the order reports show them: gpu, cpu, dram, then any others alphabetically."""
     known = [n for n in COMPONENT_ORDER if n in names]
     return known + sorted(n for n in names if n not in COMPONENT_ORDER)
 
@@ -180,7 +179,7 @@ class EnergyReport:
         """
         source = self.source
         parts = []
-        for name in _ordered(self.components):
+        for name in in_component_order(self.components):
             c = self.components[name]
             flag = " [estimated]" if source == "partly estimated" and c.source == "estimated" else ""
             parts.append(f"{name} {c.short_method}{flag}")
@@ -216,7 +215,7 @@ class EnergyReport:
                     f"PUE {r.pue} / {r.carbon_intensity_g_per_kwh} g/kWh; "
                     "use with_constants() to align them first"
                 )
-        names = _ordered({n for r in reports for n in r.components})
+        names = in_component_order({n for r in reports for n in r.components})
         components = {}
         for name in names:
             parts = [r.components[name] for r in reports if name in r.components]

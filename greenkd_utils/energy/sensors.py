@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from greenkd_utils.energy.report import POWERCAP_ROOT, _warn_once, logger
+from greenkd_utils.energy.report import POWERCAP_ROOT, warn_once, logger
 
 # --------------------------------------------------------------------------- sensor adapters
 # Thin wrappers around the external libraries; the meter only talks to these,
@@ -74,7 +74,7 @@ class _CarbontrackerGpu:
         self._handler.shutdown()
 
 
-def _open_carbontracker_gpu(position: int) -> Optional[_CarbontrackerGpu]:
+def open_carbontracker_gpu(position: int) -> Optional[_CarbontrackerGpu]:
     """carbontracker's GPU power for CUDA device ``position``, or None if it cannot serve."""
     try:
         return _CarbontrackerGpu(position)
@@ -115,7 +115,7 @@ class _CarbontrackerCpu:
         self._handler.shutdown()
 
 
-def _open_carbontracker_cpu(powercap_root: str) -> Optional[_CarbontrackerCpu]:
+def open_carbontracker_cpu(powercap_root: str) -> Optional[_CarbontrackerCpu]:
     """carbontracker's RAPL reader, or None when it cannot serve this meter.
 
     carbontracker always reads the real /sys/class/powercap and only checks
@@ -196,7 +196,7 @@ def discover_rapl_domains(root: str = POWERCAP_ROOT) -> List[RaplDomain]:
             continue
         domains.append(domain)
     if unreadable:
-        _warn_once(
+        warn_once(
             f"rapl-unreadable:{root}",
             "RAPL counters under %s are not readable (root-only on most kernels since 2020); "
             "CPU/DRAM energy falls back to an estimate for those domains",
@@ -209,7 +209,7 @@ def discover_rapl_domains(root: str = POWERCAP_ROOT) -> List[RaplDomain]:
 # --------------------------------------------------------------------------- device mapping
 
 
-def _cuda_index(device: Any) -> Optional[int]:
+def cuda_index_of(device: Any) -> Optional[int]:
     """The CUDA index of ``device``, or None when it is not a CUDA device."""
     if device is None:
         return None
@@ -261,7 +261,7 @@ def nvml_index_for(cuda_index: int) -> int:
     return cuda_index
 
 
-def _carbontracker_can_map_gpus() -> bool:
+def carbontracker_can_map_gpus() -> bool:
     """Whether carbontracker's GPU list is indexed like CUDA devices.
 
     It lists the GPUs of a plain CUDA_VISIBLE_DEVICES list, or else all GPUs by

@@ -20,36 +20,23 @@ successive-halving trial counts as one run, however early it stopped; its energy
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from scipy import stats
 
+from greenkd_utils.analysis import plotting
 from greenkd_utils.core.config import RunConfig, TemperatureSpec
-from greenkd_utils.paper import plotting
 from greenkd_utils.paper.experiments import hardware_of
-from greenkd_utils.runs.successive_halving import (
-    HalvingResult,
-    HalvingSettings,
-    successive_halving_sweep,
-)
+from greenkd_utils.runs.record import RunResult
+from greenkd_utils.runs.successive_halving import HalvingResult, successive_halving_sweep
 from greenkd_utils.runs.sweep import TunedResult
-from greenkd_utils.runs.tasks.classification import RunResult
-from greenkd_utils.settings.loader import load_section
+from greenkd_utils.settings.beyond import NOTEBOOK, STRATEGIES, BeyondSettings
 
-NOTEBOOK = "beyond_temperature_strategies"
 LOSS = "hkd"
-STRATEGIES = (
-    "tuned_grid",
-    "tuned_successive_halving",
-    "stochastic_per_batch",
-    "stochastic_per_sample",
-    "ctkd",
-    "logit_standardization",
-    "logit_standardization_stochastic",
-)
 STRATEGY_LABELS = {
     "tuned_grid": "tuned tau, full grid",
     "tuned_successive_halving": "tuned tau, successive halving",
@@ -64,115 +51,6 @@ COLUMNS = (
     "energy_source", "co2_g", "training_gflops_millions", "runs_trained", "hardware",
 )
 CONFIDENCE = 0.95
-
-
-@dataclass(frozen=True)
-class BeyondSettings:
-    """What the notebook trains at a profile (``configs/beyond.yaml``), with the notebook's overrides."""
-
-    dataset: str
-    seeds: Tuple[int, ...]
-    tau_grid: Tuple[float, ...]
-    ls_base_tau: float = 2.0
-    halving_min_epochs: int = 1
-    halving_reduction_factor: int = 3
-    ctkd_curriculum_epochs: int = 10
-    strategies: Tuple[str, ...] = STRATEGIES
-
-    def __post_init__(self):
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown:
-            raise ValueError(f"unknown strateg{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
-                             f"valid: {', '.join(STRATEGIES)}")
-        if not self.seeds:
-            raise ValueError(f"{NOTEBOOK} needs at least one seed")
-        if not self.tau_grid:
-            raise ValueError(f"{NOTEBOOK} needs a tau grid with at least one value")
-        if not self.ls_base_tau > 0:
-            raise ValueError(f"ls_base_tau must be > 0; got {self.ls_base_tau}")
-
-    @property
-    def halving(self) -> HalvingSettings:
-        return HalvingSettings(self.halving_min_epochs, self.halving_reduction_factor)
-
-    def describe(self) -> str:
-        return (f"{self.dataset}, seeds {list(self.seeds)}, tau grid {[float(t) for t in self.tau_grid]}, "
-                f"logit standardization base tau {self.ls_base_tau:g}, successive halving from "
-                f"{self.halving_min_epochs} epoch(s) by a factor {self.halving_reduction_factor}, CTKD curriculum "
-                f"{self.ctkd_curriculum_epochs} epochs")
-
-
-_SETTING_NAMES = ("dataset", "seeds", "ls_base_tau", "halving_min_epochs", "halving_reduction_factor",
-                  "ctkd_curriculum_epochs")
-
-
-def _read_yaml(profile: str) -> Dict[str, Any]:
-    raw, _ = load_section(profile, {}, _SETTING_NAMES, "setting", family="beyond")
-    unknown = sorted(set(raw) - set(_SETTING_NAMES))
-    if unknown:
-        raise ValueError(f"configs/beyond.yaml [{profile}] has unknown setting(s) {', '.join(unknown)}; "
-                         f"valid: {', '.join(_SETTING_NAMES)}")
-    return raw
-
-
-def setup(
-    profile: str = "demo",
-    *,
-    results_dir=None,
-    data_root=None,
-    device: Optional[str] = None,
-    progress: bool = True,
-    datasets: Optional[Sequence[str]] = None,
-    seeds: Optional[Sequence[int]] = None,
-    epochs: Optional[int] = None,
-    teacher_epochs: Optional[int] = None,
-    tau_grid: Optional[Sequence[float]] = None,
-    teacher_model: Optional[str] = None,
-    student_model: Optional[str] = None,
-    pue: Optional[float] = None,
-    carbon_intensity_g_per_kwh: Optional[float] = None,
-    ls_base_tau: Optional[float] = None,
-    halving_min_epochs: Optional[int] = None,
-    halving_reduction_factor: Optional[int] = None,
-    ctkd_curriculum_epochs: Optional[int] = None,
-    strategies: Optional[Sequence[str]] = None,
-):
-    """The experiment (profile, run store, device) and the notebook's settings; None keeps the profile's.
-
-    ``datasets`` names one data set (the table has no data-set column): None is ``configs/beyond.yaml``'s.
-    """
-    from greenkd_utils.paper.experiments import setup as experiment_setup
-    from greenkd_utils.settings import knobs
-
-    # The same parser as every notebook's knobs: "0,1" and [0, 1] are the same seeds.
-    parsed = knobs.coerce({"profile": profile, "datasets": datasets, "seeds": seeds})
-    profile, datasets, seeds = parsed["profile"], parsed["datasets"], parsed["seeds"]
-    raw = _read_yaml(profile)
-    if datasets is not None:
-        if len(datasets) != 1:
-            raise ValueError(f"{NOTEBOOK} compares strategies on one data set; got datasets={datasets}")
-        raw["dataset"] = datasets[0]
-    overrides = {"seeds": seeds, "ls_base_tau": ls_base_tau, "halving_min_epochs": halving_min_epochs,
-                 "halving_reduction_factor": halving_reduction_factor,
-                 "ctkd_curriculum_epochs": ctkd_curriculum_epochs}
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    exp = experiment_setup(
-        profile, results_dir=results_dir, data_root=data_root, device=device, progress=progress,
-        epochs=epochs, teacher_epochs=teacher_epochs, tau_grid=tau_grid, teacher_model=teacher_model,
-        student_model=student_model, pue=pue, carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh,
-    )
-    prof = exp.profile
-    settings = BeyondSettings(
-        dataset=str(raw.get("dataset") or prof.datasets[0]),
-        seeds=tuple(int(s) for s in (raw.get("seeds") or prof.seeds)),
-        tau_grid=tuple(float(t) for t in prof.tau_grid),
-        ls_base_tau=float(raw.get("ls_base_tau", 2.0)),
-        halving_min_epochs=int(raw.get("halving_min_epochs", 1)),
-        halving_reduction_factor=int(raw.get("halving_reduction_factor", 3)),
-        ctkd_curriculum_epochs=int(raw.get("ctkd_curriculum_epochs", 10)),
-        strategies=tuple(strategies) if strategies is not None else STRATEGIES,
-    )
-    return exp, settings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,8 +196,6 @@ def strategy_color(strategy: str) -> str:
     shared = {"tuned_grid": "kd_tuned", "stochastic_per_batch": "kd_stochastic"}
     if strategy in shared:
         return plotting.method_color(shared[strategy])
-    import seaborn as sns
-
     palette = sns.color_palette("colorblind", 10).as_hex()
     own = {"tuned_successive_halving": 4, "stochastic_per_sample": 7, "ctkd": 6, "logit_standardization": 9,
            "logit_standardization_stochastic": 0}
@@ -329,8 +205,6 @@ def strategy_color(strategy: str) -> str:
 def plot_accuracy_vs_energy(table: pd.DataFrame, title: str):
     """Test accuracy (95% interval of the mean as error bars) against energy per seed (log scale), with the
     Pareto front (the strategies nothing else beats on both) joined and ringed."""
-    import matplotlib.pyplot as plt
-
     plotting.use_style()
     fig, ax = plt.subplots(figsize=(8, 5))
     front = pareto_front(table)

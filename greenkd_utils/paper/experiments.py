@@ -1,17 +1,19 @@
 """The paper's experiments as functions: what a notebook calls after its ``parameters`` cell.
 
-``setup(profile, ...)`` gives an :class:`Experiment` (profile + run store + device).
-Its methods return cached or freshly trained runs; :func:`summarise` turns the runs of one table cell into a
-row (accuracy as mean and std over seeds; energy, CO2 and FLOPs per seed, mean over seeds, under the
-experiment's PUE and carbon intensity), and :func:`verdict_table` compares stochastic with tuned tau over the
-same seeds. The tables themselves are one module per notebook in :mod:`greenkd_utils.paper`.
+``setup(profile, notebook=..., **knobs)`` is the one set-up of every notebook: it reads the notebook's knobs
+(:mod:`greenkd_utils.settings.notebooks`) and binds the profile to a run store and a device, as an
+:class:`Experiment` (a :class:`DetectionExperiment` for the detection notebook) that carries the notebook's own
+settings and knobs. Its methods return cached or freshly trained runs; :func:`summarise` turns the runs of one
+table cell into a row (accuracy as mean and std over seeds; energy, CO2 and FLOPs per seed, mean over seeds,
+under the experiment's PUE and carbon intensity), and :func:`verdict_table` compares stochastic with tuned tau
+over the same seeds. The tables themselves are one module per notebook in :mod:`greenkd_utils.paper`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -25,15 +27,16 @@ from greenkd_utils.analysis.verdict import (
     paired_verdict,
 )
 from greenkd_utils.core.config import RunConfig, TemperatureSpec
+from greenkd_utils.core.detection.config import DetectionRunConfig
 from greenkd_utils.core.losses import check_logit_standardization
-from greenkd_utils.energy.meter import EnergyReport
+from greenkd_utils.energy.report import EnergyReport
 from greenkd_utils.energy.phases import PHASES
 from greenkd_utils.runs.execution import hardware_label
+from greenkd_utils.runs.lifecycle import train
+from greenkd_utils.runs.record import RunResult
 from greenkd_utils.runs.store import RunStore, atomic_write_bytes, atomic_write_json
 from greenkd_utils.runs.sweep import BilledResult, TunedResult, grid_configs, tuned_sweep
-from greenkd_utils.runs.tasks.classification import RunResult, train_run
-from greenkd_utils.settings import knobs
-from greenkd_utils.settings.profiles import load_profile
+from greenkd_utils.settings.notebooks import read_knobs
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,11 @@ class BoundProfile:
     device: str = "auto"
     data_root: Optional[str] = None
     progress: bool = True
+    # What the notebook that set it up chose: its name, its family's own settings (Tables 6, 7, 8, Figure 3,
+    # beyond the paper; None for the others) and every knob it passed, parsed (None: the profile's value).
+    notebook: Optional[str] = None
+    settings: Any = None
+    knobs: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def pue(self) -> float:
@@ -69,13 +77,21 @@ class BoundProfile:
             "kWh columns: energy_kwh is device energy, energy_kwh_pue includes PUE (the paper's kWh include PUE)"
         )
 
+    def models_note(self) -> str:
+        """The teacher and student this profile trains, as the profile names them."""
+        return f"teacher {self.profile.teacher_model} -> student {self.profile.student_model}"
+
+    def output_dir(self) -> Path:
+        """Where the notebook writes its tables and figures: its ``output_dir`` knob, else figures/<profile>."""
+        return output_dir_for(self.profile.name, self.knobs.get("output_dir"))
+
 
 @dataclass
 class Experiment(BoundProfile):
     """The classification profile bound to a run store: teachers, students, tuned and stochastic KD."""
 
     def run(self, config: RunConfig) -> RunResult:
-        return train_run(config, self.store, self.device, self.data_root, self.progress)
+        return train(config, self.store, self.device, self.data_root, self.progress)
 
     def teacher(self, dataset: str, seed: int, model: Optional[str] = None) -> RunResult:
         return self.run(self.profile.teacher_config(dataset, seed, model))
@@ -114,35 +130,47 @@ class Experiment(BoundProfile):
         raise ValueError(f"unknown method {method!r}; valid: teacher, student, kd_tuned, kd_stochastic")
 
 
-def setup(
-    profile: str = "demo",
-    results_dir: str | os.PathLike | None = None,
-    data_root: str | os.PathLike | None = None,
-    device: Optional[str] = None,
-    progress: bool = True,
-    **overrides,
-) -> Experiment:
-    """Load ``profile`` with ``overrides`` (None values are ignored) and open its run store.
+@dataclass
+class DetectionExperiment(BoundProfile):
+    """The detection profile (``configs/detection.yaml``) bound to a run store, a device and the energy
+    constants of the classification profile of the same name."""
 
-    Every knob is parsed by :mod:`greenkd_utils.settings.knobs` first, so papermill's strings
-    (``seeds="[0, 1]"``) work and a bad value (``seeds="abc"``) fails here, naming the knob,
-    before anything trains. ``results_dir`` defaults to ``$GREENKD_RESULTS`` or
-    ``<repo>/results/<profile>``.
+    def run(self, config: DetectionRunConfig) -> RunResult:
+        return train(config, self.store, self.device, self.data_root, self.progress,
+                     num_workers=self.profile.num_workers)
+
+    def teacher(self) -> RunResult:
+        return self.run(self.profile.teacher_config())
+
+    def stochastic(self, seed: int, loss: str = "hkd") -> RunResult:
+        return self.run(self.profile.kd_config(seed, loss))
+
+    def fixed(self, seed: int, loss: str, tau: float) -> RunResult:
+        return self.run(self.profile.kd_config(seed, loss, TemperatureSpec.fixed(tau)))
+
+    def tuned(self, seed: int, loss: str = "hkd", taus: Optional[Sequence[float]] = None) -> TunedResult:
+        base_config = self.profile.kd_config(seed, loss, TemperatureSpec.fixed(1.0))
+        return tuned_sweep(base_config, taus or self.profile.tau_grid, self.store, self.device, self.data_root,
+                           self.progress, num_workers=self.profile.num_workers)
+
+
+def setup(profile: str = "demo", notebook: Optional[str] = None, progress: bool = True, **knobs) -> BoundProfile:
+    """The experiment of ``notebook`` (None: a classification experiment) at ``profile``, with its ``knobs``.
+
+    Every knob is parsed first, so papermill's strings (``seeds="[0, 1]"``) work and a bad value
+    (``seeds="abc"``) or a knob the notebook does not take fails here, naming it, before anything trains; None
+    keeps the profile's (or the notebook's settings') value. ``results_dir`` defaults to ``$GREENKD_RESULTS``
+    or ``<repo>/results/<profile>``, ``data_root`` to ``$GREENKD_DATA_ROOT``.
     """
-    values = knobs.coerce(
-        {"profile": profile, "results_dir": results_dir, "data_root": data_root, "device": device, **overrides}
-    )
-    profile, results_dir, data_root, device = (values.pop(k) for k in ("profile", "results_dir", "data_root", "device"))
-    prof = load_profile(profile, device=device, **values)
-    results_dir = results_dir or os.environ.get("GREENKD_RESULTS") or REPO_ROOT / "results" / profile
-    data_root = data_root or os.environ.get("GREENKD_DATA_ROOT")
+    chosen = read_knobs(notebook, profile, **knobs)
+    name = chosen.knobs["profile"]
+    results_dir = chosen.results_dir or os.environ.get("GREENKD_RESULTS") or REPO_ROOT / "results" / name
+    data_root = chosen.data_root or os.environ.get("GREENKD_DATA_ROOT")
     if os.environ.get("GREENKD_PROGRESS") == "0":
         progress = False
-    return Experiment(prof, RunStore(results_dir), prof.device, None if data_root is None else str(data_root), progress)
-
-
-# A notebook's first call after its parameters cell: globals().update(ex.notebook_parameters(globals())).
-notebook_parameters = knobs.parameters_from_namespace
+    kind = DetectionExperiment if chosen.family == "detection" else Experiment
+    return kind(chosen.profile, RunStore(results_dir), chosen.device, None if data_root is None else str(data_root),
+                progress, notebook=notebook, settings=chosen.settings, knobs=chosen.knobs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ into CO2eq with the experiment's constants (kWh x PUE x carbon intensity).
 The tuned baseline is drawn as its whole grid laid end to end: run after run,
 the energy keeps adding up, because finding the best tau costs every run.
 The teacher's training is its own curve; as in Table 1, it is not added to
-the KD curves.
+the KD curves. The inference cost of Figure 1 (b, c) is measured by
+:mod:`greenkd_utils.analysis.inference`; :func:`compare_inference_with_paper`
+sets the teacher's beside the paper's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from greenkd_utils.runs.tasks.classification import RunResult
+from greenkd_utils.analysis import plotting
+from greenkd_utils.analysis.inference import plot_inference_costs
+from greenkd_utils.paper.reference import load_reference, paper_value
+from greenkd_utils.runs.record import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +146,6 @@ def _line_style(method: str) -> str:
 
 def plot_training_curves(curves: pd.DataFrame, axes=None):
     """Cumulative CO2eq (log scale) and test accuracy against epoch, one line per method (Figure 1a)."""
-    from greenkd_utils.paper import plotting
-
     fig, axes = plotting.figure_and_axes(axes, 2, figsize=(11, 3.6))
     ax_co2, ax_acc = axes
     for method, group in curves.groupby("method", sort=False):
@@ -168,9 +171,6 @@ def plot_figure1(curves: pd.DataFrame, inference: pd.DataFrame, title: Optional[
     """Figure 1: (a) training CO2eq and accuracy per epoch, (b) inference time, (c) inference CO2eq."""
     import matplotlib.pyplot as plt
 
-    from greenkd_utils.analysis.inference import plot_inference_costs
-    from greenkd_utils.paper import plotting
-
     plotting.use_style()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     plot_training_curves(curves, axes=axes[0])
@@ -179,6 +179,45 @@ def plot_figure1(curves: pd.DataFrame, inference: pd.DataFrame, title: Optional[
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def compare_inference_with_paper(costs: pd.DataFrame, paper_test_images: int = 10_000) -> pd.DataFrame:
+    """Our teacher's inference time and CO2eq per test-set pass beside the paper's Figure 1 (b, c).
+
+    The paper gives only its teacher's numbers (ResNet18 on CIFAR-100's evaluation set, RTX 3070 Ti).
+    Test sets differ in size, so per-image values are listed too, assuming the paper's evaluation
+    set is CIFAR-100's ``paper_test_images`` test images.
+    """
+    teacher = costs[costs["method"] == "teacher"]
+    if teacher.empty:
+        raise ValueError("the inference table has no 'teacher' row to compare with the paper")
+    row = teacher.iloc[0]
+    ref = load_reference("figure1")
+    paper_dataset = ref["dataset"].iloc[0] if len(ref) else "cifar100"
+    out = []
+    pairs = (("time_per_pass_s", "inference_time_s", "s"), ("co2_g_per_pass", "inference_co2_g", "g"))
+    for ours_col, metric, unit in pairs:
+        paper, _ = paper_value("figure1", paper_dataset, "teacher_inference", metric)
+        ours = float(row[ours_col])
+        out.append(
+            {
+                "method": "teacher",
+                "model": row["model"],
+                "metric": metric,
+                "unit": unit,
+                "ours_per_pass": ours,
+                "paper_per_pass": paper,
+                "ratio_per_pass": ours / paper if paper else np.nan,
+                "ours_per_image": ours / row["n_images"],
+                "paper_per_image": paper / paper_test_images,
+                "ratio_per_image": (ours / row["n_images"]) / (paper / paper_test_images) if paper else np.nan,
+                "ours_test_images": int(row["n_images"]),
+                "paper_dataset": paper_dataset,
+                "energy_source": row["energy_source"],
+                "device": row["device"],
+            }
+        )
+    return pd.DataFrame(out)
 
 
 def needed_runs(exp, plan, loss: str = "hkd", seed: Optional[int] = None) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from greenkd_utils.paper.experiments import Experiment, summarise
-from greenkd_utils.paper.extra_tables import NotebookSettings
+from greenkd_utils.settings.extra_tables import NotebookSettings
 
 log = logging.getLogger(__name__)
 

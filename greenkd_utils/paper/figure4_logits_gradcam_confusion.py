@@ -9,6 +9,7 @@ from typing import Dict, Optional
 import numpy as np
 import pandas as pd
 
+from greenkd_utils.analysis import plotting
 from greenkd_utils.analysis.predictions import Predictions
 
 
@@ -49,8 +50,6 @@ def plot_output_distributions(table, title: str = "Output distribution (softmax)
     learns from its teacher (the "dark knowledge") become visible.
     """
     import matplotlib.pyplot as plt
-
-    from greenkd_utils.paper import plotting
 
     plotting.use_style()
     methods = list(dict.fromkeys(table["method"]))

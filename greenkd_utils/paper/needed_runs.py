@@ -8,13 +8,11 @@ notebook, :func:`run_needed` does the same for that notebook, with its own knobs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from greenkd_utils.paper import (
     beyond_temperature_strategies,
     experiments,
-    extra_tables,
     figure1_carbon_curves,
     figure3_temperature_and_batch,
     figure4_logits_gradcam_confusion,
@@ -36,46 +34,26 @@ def _start_here_runs(exp, plan: RunPlan) -> None:
     plan.add(exp.stochastic_config("digits", 0, "hkd"), "00_start_here")
 
 
-@dataclass(frozen=True)
-class NotebookRuns:
-    """How a notebook sets up its experiment at its defaults, and which runs it reads."""
-
-    setup: Callable[..., Tuple[Any, Any]]  # (profile, results_dir, data_root, device, progress) -> (exp, settings)
-    needed: Callable[..., None]  # (exp, settings, plan, **knobs)
-
-
-def _plain(setup):
-    return lambda **common: (setup(**common), None)
-
-
-def _extra(notebook: str):
-    return lambda **common: extra_tables.setup(notebook=notebook, **common)
-
-
 def _without_settings(needed_runs):
     # needed_runs(exp, plan, **knobs) of a notebook whose experiment carries everything it needs
     return lambda exp, _, plan, **knobs: needed_runs(exp, plan, **knobs)
 
 
-NOTEBOOKS: Dict[str, NotebookRuns] = {
-    "00_start_here": NotebookRuns(_plain(experiments.setup), _without_settings(_start_here_runs)),
-    "beyond_temperature_strategies": NotebookRuns(
-        beyond_temperature_strategies.setup, beyond_temperature_strategies.needed_runs),
-    "figure1_carbon_curves": NotebookRuns(
-        _plain(experiments.setup), _without_settings(figure1_carbon_curves.needed_runs)),
-    "figure3_temperature_and_batch": NotebookRuns(
-        _extra("figure3_temperature_and_batch"), figure3_temperature_and_batch.needed_runs),
-    "figure4_logits_gradcam_confusion": NotebookRuns(
-        _plain(experiments.setup), _without_settings(figure4_logits_gradcam_confusion.needed_runs)),
-    "table1_carbon_footprint": NotebookRuns(
-        _plain(experiments.setup), _without_settings(table1_carbon_footprint.needed_runs)),
-    "table4_detection": NotebookRuns(_plain(table4_detection.setup), _without_settings(table4_detection.needed_runs)),
-    "table4_kd_losses": NotebookRuns(_plain(experiments.setup), _without_settings(table4_kd_losses.needed_runs)),
-    "table5_metrics": NotebookRuns(_plain(experiments.setup), _without_settings(table5_metrics.needed_runs)),
-    "table6_dfkd": NotebookRuns(table6_dfkd.setup, _without_settings(table6_dfkd.needed_runs)),
-    "table7_teacher_student_pairs": NotebookRuns(
-        _extra("table7_teacher_student_pairs"), table7_teacher_student_pairs.needed_runs),
-    "table8_quantization": NotebookRuns(_extra("table8_quantization"), table8_quantization.needed_runs),
+# Notebook -> needed(exp, settings, plan, **knobs): the runs it reads, given the experiment its one set-up
+# (experiments.setup(profile, notebook=...)) gives and that experiment's settings.
+NOTEBOOKS: Dict[str, Callable[..., None]] = {
+    "00_start_here": _without_settings(_start_here_runs),
+    "beyond_temperature_strategies": beyond_temperature_strategies.needed_runs,
+    "figure1_carbon_curves": _without_settings(figure1_carbon_curves.needed_runs),
+    "figure3_temperature_and_batch": figure3_temperature_and_batch.needed_runs,
+    "figure4_logits_gradcam_confusion": _without_settings(figure4_logits_gradcam_confusion.needed_runs),
+    "table1_carbon_footprint": _without_settings(table1_carbon_footprint.needed_runs),
+    "table4_detection": _without_settings(table4_detection.needed_runs),
+    "table4_kd_losses": _without_settings(table4_kd_losses.needed_runs),
+    "table5_metrics": _without_settings(table5_metrics.needed_runs),
+    "table6_dfkd": _without_settings(table6_dfkd.needed_runs),
+    "table7_teacher_student_pairs": table7_teacher_student_pairs.needed_runs,
+    "table8_quantization": table8_quantization.needed_runs,
 }
 
 
@@ -98,10 +76,9 @@ def plan_notebooks(
     plan = RunPlan()
     store = None
     for name in [check_notebook(n) for n in (notebooks or NOTEBOOKS)]:
-        entry = NOTEBOOKS[name]
-        exp, settings = entry.setup(profile=profile, results_dir=results_dir, data_root=data_root, device=device,
-                                    progress=False)
-        entry.needed(exp, settings, plan)
+        exp = experiments.setup(profile, notebook=name, results_dir=results_dir, data_root=data_root, device=device,
+                                progress=False)
+        NOTEBOOKS[name](exp, exp.settings, plan)
         store = store or exp.store
     return store, plan
 
@@ -109,7 +86,7 @@ def plan_notebooks(
 def plan_of(notebook: str, exp, settings=None, **knobs) -> RunPlan:
     """The runs one notebook needs with its own experiment and knobs (e.g. ``loss``, ``seed``, ``losses``)."""
     plan = RunPlan()
-    NOTEBOOKS[check_notebook(notebook)].needed(exp, settings, plan, **_given(knobs))
+    NOTEBOOKS[check_notebook(notebook)](exp, settings, plan, **_given(knobs))
     return plan
 
 

@@ -9,6 +9,7 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from greenkd_utils.analysis import plotting
 from greenkd_utils.analysis.metrics import (
     METRICS,
     balanced_kappa,
@@ -16,6 +17,7 @@ from greenkd_utils.analysis.metrics import (
     classification_metrics,
 )
 from greenkd_utils.analysis.predictions import Predictions
+from greenkd_utils.paper.reference import load_reference
 
 
 def metrics_table(predictions_by_seed: Iterable[Mapping[str, Predictions]], dataset: str) -> pd.DataFrame:
@@ -51,8 +53,6 @@ def paper_consistency(num_classes: int = 10) -> pd.DataFrame:
     (:func:`balanced_specificity`, :func:`balanced_kappa`, 1/K). Table 1's
     accuracy for the same method is listed too: the two tables disagree.
     """
-    from greenkd_utils.paper.reference import load_reference
-
     ref = load_reference("table5")
     table1 = load_reference("table1")
     rows = []
@@ -85,8 +85,6 @@ def plot_metrics_vs_paper(table: pd.DataFrame, comparison: Optional[pd.DataFrame
                           title: str = "Table 5: metrics of teacher and students"):
     """Bars: our metrics in [0, 1] per method (mean +- std over seeds); black marks: the paper's values."""
     import matplotlib.pyplot as plt
-
-    from greenkd_utils.paper import plotting
 
     plotting.use_style()
     shown = [m for m in METRICS if m != "accuracy_pct"]

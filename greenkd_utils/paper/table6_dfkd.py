@@ -5,14 +5,14 @@ returns the table the notebook shows, one row per (dataset, synthesizer,
 tuned|stochastic), with the synthesis and student phases side by side and
 summed; ``compare_with_paper`` sets each row beside the paper's cell.
 
-Per-profile settings live in ``configs/dfkd.yaml`` (:func:`load_dfkd_settings`);
-the teacher is the profile's ``teacher_config`` for the DFKD teacher
-architecture, so it is trained once and shared through the run store.
+Per-profile settings live in ``configs/dfkd.yaml`` (read by :mod:`greenkd_utils.settings.data_free`); the
+notebook's experiment (``experiments.setup(profile, notebook="table6_dfkd", ...)``) carries them with its
+knobs applied. The teacher is the profile's ``teacher_config`` for the DFKD teacher architecture, so it is
+trained once and shared through the run store.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -21,18 +21,17 @@ import numpy as np
 import pandas as pd
 
 from greenkd_utils.core.config import TemperatureSpec
-from greenkd_utils.core.dfkd.config import METHODS, DFKDConfig, SynthesisSettings
+from greenkd_utils.core.dfkd.config import DFKDConfig
 from greenkd_utils.energy.flops import gflops_millions
-from greenkd_utils.energy.meter import EnergyReport
+from greenkd_utils.energy.report import EnergyReport
 from greenkd_utils.energy.phases import energy_between
 from greenkd_utils.paper import reference
 from greenkd_utils.paper.experiments import Experiment, summarise
-from greenkd_utils.paper.experiments import setup as experiment_setup
+from greenkd_utils.runs.lifecycle import train
 from greenkd_utils.runs.record import RunResult
 from greenkd_utils.runs.sweep import TunedResult, grid_configs, tuned_sweep
-from greenkd_utils.runs.tasks.data_free import train_dfkd
-from greenkd_utils.settings import knobs
-from greenkd_utils.settings.loader import apply_overrides, load_section
+from greenkd_utils.runs.tasks.data_free import load_samples
+from greenkd_utils.settings.data_free import DFKDSettings, load_dfkd_settings
 
 log = logging.getLogger(__name__)
 
@@ -44,125 +43,9 @@ PAPER_METRICS = {
 }
 
 
-@dataclass(frozen=True)
-class DFKDSettings:
-    """One profile's section of ``configs/dfkd.yaml``."""
-
-    profile: str
-    datasets: Tuple[str, ...]
-    seeds: Optional[Tuple[int, ...]]
-    tau_grid: Optional[Tuple[float, ...]]
-    teacher_model: str
-    student_model: str
-    loss: str
-    alpha: float
-    kl_reduction: str
-    kd_steps: int
-    train: Dict[str, Any]
-    methods: Dict[str, Dict[str, Any]]
-
-    def synthesis(self, method: str) -> SynthesisSettings:
-        if method not in self.methods:
-            raise ValueError(f"unknown data-free KD method {method!r}; valid: {', '.join(sorted(self.methods))}")
-        return SynthesisSettings(method=method, **self.methods[method])
-
-
-# Knobs of the Table 6 notebook that change these settings (None keeps the file's value).
-SETTINGS_KNOBS = (
-    "datasets", "seeds", "tau_grid", "methods", "epochs", "lr",
-    "student_steps", "synthesis_iterations", "synthesis_batch_size",
-)
-
-
-def load_dfkd_settings(profile: str, **overrides) -> DFKDSettings:
-    """The ``profile`` section of ``configs/dfkd.yaml`` with ``overrides`` (:data:`SETTINGS_KNOBS`).
-
-    ``epochs`` and ``lr`` are the student's, ``student_steps`` its steps per round;
-    ``synthesis_iterations`` and ``synthesis_batch_size`` apply to every synthesizer;
-    ``methods`` keeps only the listed synthesizers, in that order.
-    """
-    raw, overrides = load_section(profile, overrides, SETTINGS_KNOBS, "data-free KD setting", family="dfkd")
-    unknown = sorted(set(raw["methods"]) - set(METHODS))
-    if unknown:
-        raise ValueError(f"configs/dfkd.yaml [{profile}] names unknown methods {unknown}; valid: {', '.join(METHODS)}")
-    train = apply_overrides(raw["train"], {k: overrides[k] for k in ("epochs", "lr") if k in overrides})
-    methods = raw["methods"]
-    if "methods" in overrides:
-        missing = [m for m in overrides["methods"] if m not in methods]
-        if missing:
-            raise ValueError(f"configs/dfkd.yaml [{profile}] has no settings for {', '.join(missing)}; "
-                             f"configured: {', '.join(methods)}")
-        methods = {m: methods[m] for m in overrides["methods"]}
-    for knob, key in (("synthesis_iterations", "iterations"), ("synthesis_batch_size", "batch_size")):
-        if knob in overrides:
-            methods = {m: {**values, key: overrides[knob]} for m, values in methods.items()}
-    seeds = overrides.get("seeds", raw.get("seeds"))
-    tau_grid = overrides.get("tau_grid", raw.get("tau_grid"))
-    return DFKDSettings(
-        profile=profile,
-        datasets=tuple(overrides.get("datasets", raw["datasets"])),
-        seeds=None if seeds is None else tuple(int(s) for s in seeds),
-        tau_grid=None if tau_grid is None else tuple(float(t) for t in tau_grid),
-        teacher_model=raw["teacher_model"],
-        student_model=raw["student_model"],
-        loss=raw["loss"],
-        alpha=float(raw["alpha"]),
-        kl_reduction=raw["kl_reduction"],
-        kd_steps=int(overrides.get("student_steps", raw["kd_steps"])),
-        train=train,
-        methods=methods,
-    )
-
-
-@dataclass
-class DFKDExperiment(Experiment):
-    """An experiment that carries the Table 6 settings its notebook chose (:func:`setup`)."""
-
-    dfkd_settings: Optional[DFKDSettings] = None
-
-
 def settings_of(exp: Experiment) -> DFKDSettings:
-    """The settings ``exp`` was set up with, else ``configs/dfkd.yaml``'s for its profile."""
-    return getattr(exp, "dfkd_settings", None) or load_dfkd_settings(exp.profile.name)
-
-
-def setup(
-    profile: str = "demo",
-    results_dir=None,
-    data_root=None,
-    device: Optional[str] = None,
-    progress: bool = True,
-    teacher_epochs: Optional[int] = None,
-    pue: Optional[float] = None,
-    carbon_intensity_g_per_kwh: Optional[float] = None,
-    train_subset: Optional[int] = None,
-    test_subset: Optional[int] = None,
-    temperature_mode: Optional[str] = None,
-    logit_standardization: Optional[bool] = None,
-    **settings_overrides,
-) -> Tuple[DFKDExperiment, DFKDSettings]:
-    """The Table 6 experiment of ``profile`` and its settings; None keeps the profile's (or the file's) value.
-
-    ``teacher_epochs``, ``train_subset`` and ``test_subset`` change the profile (the teachers and the real
-    validation and test splits); ``temperature_mode`` sets the single-run arm's temperature (per batch, per
-    sample or CTKD) and ``logit_standardization`` the student loss's option, as in every KD notebook;
-    ``settings_overrides`` are :data:`SETTINGS_KNOBS`. Every value is parsed
-    by :mod:`greenkd_utils.settings.knobs` before anything is built.
-    """
-    values = knobs.coerce({
-        "profile": profile, "results_dir": results_dir, "data_root": data_root, "device": device,
-        "teacher_epochs": teacher_epochs, "pue": pue, "carbon_intensity_g_per_kwh": carbon_intensity_g_per_kwh,
-        "train_subset": train_subset, "test_subset": test_subset, "temperature_mode": temperature_mode,
-        "logit_standardization": logit_standardization, **settings_overrides,
-    })
-    profile_knobs = {k: values.pop(k) for k in (
-        "profile", "results_dir", "data_root", "device", "teacher_epochs", "pue", "carbon_intensity_g_per_kwh",
-        "train_subset", "test_subset", "temperature_mode", "logit_standardization",
-    )}
-    settings = load_dfkd_settings(profile_knobs["profile"], **values)
-    base = experiment_setup(progress=progress, **profile_knobs)
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    return DFKDExperiment(**fields, dfkd_settings=settings), settings
+    """The settings the notebook set ``exp`` up with, else ``configs/dfkd.yaml``'s for its profile."""
+    return exp.settings if isinstance(exp.settings, DFKDSettings) else load_dfkd_settings(exp.profile.name)
 
 
 def dfkd_config(
@@ -212,7 +95,7 @@ class Table6:
         """The newest synthesized round of the first seed's run (images uint8, targets)."""
         first = self.results[(dataset, method, which)][0]
         run = first.chosen if isinstance(first, TunedResult) else first
-        return run.load_samples(exp.store)
+        return load_samples(run, exp.store)
 
     def class_names(self, dataset: str) -> List[str]:
         for (name, _, _), cell in self.results.items():
@@ -252,7 +135,7 @@ def phase_columns(exp: Experiment, results: Sequence[Any]) -> Dict[str, float]:
                 "co2_synthesis_g": synthesis.co2_g,
                 "co2_student_g": student.co2_g,
                 "wall_time_synthesis_s": sum(r.wall_time_by_phase.get("synthesis", 0.0) for r in runs),
-                "teacher_accuracy_pct": runs[0].teacher_test_accuracy,
+                "teacher_accuracy_pct": runs[0].extras["teacher_test_accuracy"],
             }
         )
     columns = {key: float(np.mean([row[key] for row in per_seed])) for key in per_seed[0]}
@@ -271,7 +154,7 @@ def table6(
 ) -> Table6:
     """Every cell of Table 6 for ``exp``'s profile; None = the settings of ``configs/dfkd.yaml``
     (seeds and tau grid fall back to the profile's when the file leaves them null); an experiment from
-    :func:`setup` brings the settings its notebook chose."""
+    ``experiments.setup(..., notebook="table6_dfkd")`` brings the settings its notebook chose."""
     settings, methods, datasets, seeds, taus = _cells(exp, methods, datasets, seeds, tau_grid)
     rows, grid_rows, results = [], [], {}
     for dataset in datasets:
@@ -280,7 +163,7 @@ def table6(
             for seed in seeds:
                 make = lambda t: dfkd_config(exp, method, dataset, seed, t, settings, epochs)  # noqa: E731
                 sweep = tuned_sweep(make(TemperatureSpec.fixed(1.0)), taus, exp.store, exp.device, exp.data_root, exp.progress)
-                stoch = train_dfkd(make(exp.profile.stochastic()), exp.store, exp.device, exp.data_root, exp.progress)
+                stoch = train(make(exp.profile.stochastic()), exp.store, exp.device, exp.data_root, exp.progress)
                 tuned.append(sweep)
                 stochastic.append(stoch)
                 for run in sweep.runs:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from greenkd_utils.paper.plotting import method_color, use_style
+from greenkd_utils.analysis.plotting import method_color, use_style
 
 PHASE_COLORS = {"synthesis": "#7570b3", "student": "#1b9e77"}
 

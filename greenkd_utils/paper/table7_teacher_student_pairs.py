@@ -15,10 +15,8 @@ from typing import Dict, List, Sequence, Tuple
 import pandas as pd
 
 from greenkd_utils.paper.experiments import Experiment, summarise
-from greenkd_utils.paper.extra_tables import (
-    NotebookSettings,
-    compare_with_paper_dataset,
-)
+from greenkd_utils.paper.extra_tables import compare_with_paper_dataset
+from greenkd_utils.settings.extra_tables import NotebookSettings
 
 log = logging.getLogger(__name__)
 

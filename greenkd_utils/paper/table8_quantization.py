@@ -11,7 +11,9 @@ import pandas as pd
 
 from greenkd_utils.core.config import RunConfig
 from greenkd_utils.core.quantization import QATConfig
-from greenkd_utils.runs.tasks.qat import train_qat
+from greenkd_utils.paper.experiments import summarise
+from greenkd_utils.paper.extra_tables import compare_with_paper_dataset
+from greenkd_utils.runs.sweep import train_qat
 
 # ---------------------------------------------------------------------------------------------
 # Table 8: the float student, QAT, and KD into the same architecture
@@ -58,8 +60,6 @@ def table8(exp, settings, student: str = TABLE8_STUDENT, teacher: str = TABLE8_T
     model size, the QAT row costing the float student it starts from plus QAT; and one row per seed
     of the QAT runs (fp32 vs int8 size, float vs fake-quant vs int8 accuracy, QAT's own cost).
     """
-    from greenkd_utils.paper.experiments import summarise
-
     changes = settings.student_changes()
     models = {"teacher_model": teacher, "student_model": student}
     qat = [train_qat(qat_config(exp, settings, s, student), exp.store, exp.device, exp.data_root, exp.progress)
@@ -71,7 +71,7 @@ def table8(exp, settings, student: str = TABLE8_STUDENT, teacher: str = TABLE8_T
                      for s in settings.seeds],
         "kd_stochastic": [exp.stochastic(settings.dataset, s, loss, **models, **changes) for s in settings.seeds],
     }
-    fp32_mb = qat[0].qat.model_size["fp32_mb"]
+    fp32_mb = qat[0].qat.extras["model_size"]["fp32_mb"]
     rows = []
     for method, results in cells.items():
         row = summarise(
@@ -79,7 +79,7 @@ def table8(exp, settings, student: str = TABLE8_STUDENT, teacher: str = TABLE8_T
             teacher=teacher if method.startswith("kd") else "", loss=loss if method.startswith("kd") else "ce",
             weights="int8" if method == "qat" else "fp32",
         )
-        row["model_size_mb"] = qat[0].qat.model_size["int8_mb"] if method == "qat" else fp32_mb
+        row["model_size_mb"] = qat[0].qat.extras["model_size"]["int8_mb"] if method == "qat" else fp32_mb
         rows.append(row)
     details = pd.DataFrame(
         [
@@ -89,11 +89,11 @@ def table8(exp, settings, student: str = TABLE8_STUDENT, teacher: str = TABLE8_T
                 "backend": p.qat.config.backend,
                 "qat_init": "trained float student" if p.initial is not None else "scratch",
                 "qat_epochs": p.qat.config.train.epochs,
-                "fp32_model_mb": p.qat.model_size["fp32_mb"],
-                "int8_model_mb": p.qat.model_size["int8_mb"],
-                "compression": p.qat.model_size["compression"],
-                "float_start_accuracy_pct": p.qat.initial_test_accuracy,
-                "fake_quant_accuracy_pct": p.qat.fake_quant_test_accuracy,
+                "fp32_model_mb": p.qat.extras["model_size"]["fp32_mb"],
+                "int8_model_mb": p.qat.extras["model_size"]["int8_mb"],
+                "compression": p.qat.extras["model_size"]["compression"],
+                "float_start_accuracy_pct": p.qat.extras["initial_test_accuracy"],
+                "fake_quant_accuracy_pct": p.qat.extras["fake_quant_test_accuracy"],
                 "int8_accuracy_pct": p.qat.test_accuracy,
                 "qat_only_training_gflops_millions": p.qat.training_gflops_millions,
                 "qat_only_energy_kwh": exp.energy(p.qat.energy).energy_kwh,
@@ -108,8 +108,6 @@ def table8(exp, settings, student: str = TABLE8_STUDENT, teacher: str = TABLE8_T
 
 def compare_table8(table: pd.DataFrame, settings) -> pd.DataFrame:
     """Ours beside the paper's Table 8 (CIFAR-10), one paper row per method."""
-    from greenkd_utils.paper.extra_tables import compare_with_paper_dataset
-
     return compare_with_paper_dataset(table, "table8", TABLE8_METRICS, settings.paper_dataset, keys=("method",))
 
 

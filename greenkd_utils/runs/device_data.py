@@ -14,7 +14,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from greenkd_utils.core.augment import standardize
-from greenkd_utils.core.data import ImageDataset, load_dataset
+from greenkd_utils.core.data import load_dataset
+from greenkd_utils.core.image_dataset import ImageDataset
 from greenkd_utils.runs.execution import ExecutionPlan
 
 # The validation split is the same for every run of a dataset, whatever its seed.

@@ -4,20 +4,25 @@
 
     train(config, store)
       cached and intact in the store?  -> its record                          (RunStore)
-      dependencies (a teacher, the float run QAT starts from) -> train() them first
-      under the run's lock: seed (global torch RNG included) -> task.build() -> resume from the checkpoint
+      dependencies (a teacher, the float run QAT starts from) -> train() them first; the teacher's network loaded
+      under the run's lock: seed (global torch RNG) -> task.build() -> the run's generator, optimiser (a learned
+                            temperature's parameters included) and lr schedule -> resume from the checkpoint
       ======================== metered region: one EnergyMeter ========================
-      every epoch:  tau drawn for the epoch (temperature.for_epoch)
-                    [synthesis] [training]   the task's own phases (TASK.epoch_phases)
-                    [evaluation]             task.evaluate()
-                    [checkpoints]            the whole state, after every epoch
+      every epoch:  tau drawn for the epoch (temperature.for_epoch): one per batch, or per sample
+                    [synthesis]    task.run_phase()            (a data-free run's own phase)
+                    [training]     for batch in task.batches(): logits, losses = task.forward_train(batch, tau)
+                                   sum(losses) -> backward -> clip -> optimiser step -> lr step   (here, TrainingSteps)
+                                   teacher outputs computed once and reused when the images never change
+                    [evaluation]   task.evaluate()  (the images it read are counted here)
+                    [checkpoints]  the whole state, after every epoch
       once:         [evaluation] task.finish() (final metrics)   [checkpoints] final weights and artefacts
       ================================================================================
       record: accuracy, energy in total and by phase, FLOPs by phase, tau, history, provenance
 
-A kind of run is one :class:`Task` subclass registered with :func:`register_task` for its config type: it
-builds its models and optimiser, runs one epoch of each of its phases, evaluates, counts its FLOPs and says
-what its final artefacts are. It never opens the meter, draws tau, writes a checkpoint or builds the record.
+A kind of run is one :class:`~greenkd_utils.runs.task.Task` subclass registered for its config type
+(:mod:`greenkd_utils.runs.registry`): it supplies its data, what one step computes, anything it synthesises
+and its FLOP accounting. It never steps an optimiser, opens the meter, draws tau, writes a checkpoint or
+builds the record.
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ import datetime as _dt
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from greenkd_utils.core.temperature import TauStatistics
-from greenkd_utils.energy.meter import EnergyMeter, EnergyReport
+from greenkd_utils.core.temperature import TauStatistics, TemperatureSchedule
+from greenkd_utils.energy.meter import EnergyMeter
+from greenkd_utils.energy.report import EnergyReport
 from greenkd_utils.energy.phases import PhaseMeter
 from greenkd_utils.runs.execution import (
     current_concurrency,
@@ -41,11 +47,15 @@ from greenkd_utils.runs.execution import (
     describe_hardware,
     epoch_lr,
     library_versions,
+    make_optimizer,
+    make_scheduler,
     resolve_device,
     torch_threads_for,
 )
 from greenkd_utils.runs.record import RunResult
+from greenkd_utils.runs.registry import task_for
 from greenkd_utils.runs.store import RunStore
+from greenkd_utils.runs.task import EpochTally, RunCounts, Task
 
 log = logging.getLogger(__name__)
 
@@ -62,203 +72,7 @@ FLOP_PHASES_NOTE = (
 )
 
 # Version of the checkpoint layout the lifecycle writes; a checkpoint of another layout is not resumed.
-CHECKPOINT_LAYOUT = 2
-
-
-# ---------------------------------------------------------------------------------------------
-# Tasks
-# ---------------------------------------------------------------------------------------------
-class Task:
-    """What one kind of run supplies. Subclass, set the class attributes, register with :func:`register_task`.
-
-    The lifecycle calls, in order: ``dependencies`` (class method), ``__init__`` (data on the device, no
-    randomness), ``build`` (after seeding), ``load_state_dict`` (on resume), then per epoch each phase's
-    ``run_<phase>`` and ``evaluate``, and once ``finish``. ``state_dict`` must hold everything that a resumed
-    run needs to continue exactly as an uninterrupted one would (the global torch RNG is the lifecycle's).
-    """
-
-    name: ClassVar[str]
-    config_type: ClassVar[type]
-    epoch_phases: ClassVar[Tuple[str, ...]] = ("training",)
-    # Whether evaluate() runs a full evaluation after every epoch (a detector's mAP runs after the last only).
-    evaluates_every_epoch: ClassVar[bool] = True
-    flop_definition: ClassVar[str] = ""
-    # Functions (result, ...) that read as methods of this task's RunResult, e.g. ``result.load_samples(store)``.
-    result_methods: ClassVar[Dict[str, Callable[..., Any]]] = {}
-
-    def __init__(self, config, device: torch.device, dependencies: Mapping[str, RunResult], store: RunStore,
-                 data_root=None, **options):
-        self.config, self.device, self.store, self.data_root = config, device, store, data_root
-        self.dependencies_done = dict(dependencies)
-        self.options = options
-        self.history: List[Dict[str, Any]] = []  # the lifecycle's, resumed or empty, set before the first epoch
-
-    # -- what the run needs ---------------------------------------------------------------------
-    @classmethod
-    def dependencies(cls, config) -> Dict[str, Any]:
-        """Configs of the runs this one needs first, by role: by default the config's teacher, if it has one."""
-        teacher = getattr(config, "teacher", None)
-        return {"teacher": teacher} if teacher is not None else {}
-
-    @classmethod
-    def recognises(cls, config_dict: Dict[str, Any]) -> bool:
-        """Whether a stored config dict (of a record written before records named their task) is this task's."""
-        return False
-
-    @classmethod
-    def upgrade_record(cls, record: Dict[str, Any]) -> Dict[str, Any]:
-        """A record written by an earlier version, in today's layout (unchanged by default)."""
-        return record
-
-    @property
-    def temperature_spec(self):
-        """The run's :class:`~greenkd_utils.core.config.TemperatureSpec`, None for a run without a KD term."""
-        return getattr(self.config, "temperature", None)
-
-    # -- the run --------------------------------------------------------------------------------
-    def build(self, temperature) -> None:
-        """Models, optimiser and scheduler (with ``temperature.parameters()`` if it learns), generators."""
-        raise NotImplementedError
-
-    @property
-    def epochs(self) -> int:
-        return int(self.config.train.epochs)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimiser steps per epoch (the tau draws per epoch, and the lr schedule's epoch)."""
-        raise NotImplementedError
-
-    @property
-    def progress_steps_per_epoch(self) -> int:
-        """Progress-bar steps per epoch (synthesis iterations count too)."""
-        return self.steps_per_epoch
-
-    @property
-    def tau_batch_size(self) -> int:
-        """Samples per step, for a temperature drawn per sample."""
-        return int(self.config.train.batch_size)
-
-    def run_phase(self, phase: str, epoch: int, taus, on_step: Callable[[int], None]) -> Dict[str, Any]:
-        """One epoch of ``phase``; returns its history entries (``seen``: samples the student trained on)."""
-        raise NotImplementedError
-
-    def evaluate(self, epoch: int, last: bool) -> Dict[str, Any]:
-        """History entries of the evaluation after epoch ``epoch`` (0-based)."""
-        return {}
-
-    def finish(self, run_dir: Path) -> Dict[str, Any]:
-        """Final evaluation and artefacts: ``test_accuracy``, ``val_accuracy`` and any extras for the record.
-        The final weights are saved by the lifecycle from :meth:`final_state_dict`."""
-        last = self.history[-1]
-        return {"test_accuracy": last["test_accuracy"], "val_accuracy": last["val_accuracy"]}
-
-    def final_state_dict(self) -> Dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def flops(self) -> Dict[str, Any]:
-        """``by_phase`` (FLOPs of synthesis, training and evaluation) and the counts behind them."""
-        raise NotImplementedError
-
-    @classmethod
-    def projected_training_flops(cls, flops: Dict[str, Any], epochs: int) -> float:
-        """Training FLOPs of a run of ``epochs`` epochs, from the ``flops`` record of a one-epoch run of the
-        same shape (the bill's calibration): every epoch repeats the first by default."""
-        return float(flops["training_flops"]) * epochs
-
-    def describe_data(self) -> Dict[str, Any]:
-        raise NotImplementedError
-
-    # What a checkpoint holds of the task: attributes with a state (modules, optimisers, schedulers, random
-    # generators, a synthetic pool...) and plain counters (samples seen, FLOP probes).
-    checkpointed: ClassVar[Tuple[str, ...]] = ("model", "optimizer", "scheduler", "generator")
-    counters: ClassVar[Tuple[str, ...]] = ("samples_seen", "images_evaluated")
-
-    def state_dict(self) -> Dict[str, Any]:
-        state = {name: _state_of(getattr(self, name)) for name in self.checkpointed}
-        state.update({name: getattr(self, name) for name in self.counters})
-        return state
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        for name in self.checkpointed:
-            _restore(getattr(self, name), state[name])
-        for name in self.counters:
-            setattr(self, name, state[name])
-
-    # -- reading a finished run -----------------------------------------------------------------
-    @classmethod
-    def load_model(cls, result: RunResult, store: RunStore, device="cpu") -> torch.nn.Module:
-        raise NotImplementedError
-
-
-def _state_of(obj) -> Any:
-    return obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
-
-
-def _restore(obj, state) -> None:
-    if isinstance(obj, torch.Generator):
-        obj.set_state(state.to(obj.get_state().device))
-    else:
-        obj.load_state_dict(state)
-
-
-class StudentTask(Task):
-    """A task that trains one student, distilling a finished teacher run (its ``teacher`` dependency) when it
-    has one; the FLOP count follows the teacher forwards that actually ran."""
-
-    counters = ("samples_seen", "images_evaluated", "teacher_forwards")
-
-    @classmethod
-    def projected_training_flops(cls, flops: Dict[str, Any], epochs: int) -> float:
-        # Teacher outputs computed once for the run (training without augmentation) are not repeated per epoch.
-        per_sample = flops.get("per_sample", {}).get("teacher_forward", 0)
-        once = per_sample * flops.get("teacher_forwards", 0) if flops.get("teacher_outputs_reused") else 0.0
-        return (float(flops["training_flops"]) - once) * epochs + once
-
-    def __init__(self, config, device, dependencies, store, data_root=None, **options):
-        super().__init__(config, device, dependencies, store, data_root, **options)
-        self.teacher_result = dependencies.get("teacher")
-        self.teacher = self.teacher_result.load_model(store, device) if self.teacher_result is not None else None
-
-
-_TASKS: Dict[str, Type[Task]] = {}
-
-
-def register_task(cls: Type[Task]) -> Type[Task]:
-    """Class decorator: make ``cls`` the task of its ``config_type``."""
-    if cls.name in _TASKS and _TASKS[cls.name] is not cls:
-        raise ValueError(f"a task named {cls.name!r} is registered already")
-    _TASKS[cls.name] = cls
-    return cls
-
-
-def _ensure_tasks_registered() -> None:
-    # The task modules register themselves on import; import them all before a lookup.
-    from greenkd_utils.runs import tasks  # noqa: F401
-
-
-def task_named(name: str) -> Type[Task]:
-    _ensure_tasks_registered()
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; valid: {', '.join(sorted(_TASKS))}") from None
-
-
-def task_for(config) -> Type[Task]:
-    _ensure_tasks_registered()
-    for task in _TASKS.values():
-        if type(config) is task.config_type:
-            return task
-    raise TypeError(f"no task trains a {type(config).__name__}; registered: {', '.join(sorted(_TASKS))}")
-
-
-def task_for_config_dict(config_dict: Dict[str, Any]) -> Type[Task]:
-    _ensure_tasks_registered()
-    for task in _TASKS.values():
-        if task.recognises(config_dict):
-            return task
-    return _TASKS["classification"]  # the paper's own runs: the configs that name no other task
+CHECKPOINT_LAYOUT = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,9 +83,9 @@ def train(config, store: RunStore, device: str | torch.device | None = "auto",
     """The finished run of ``config``: from ``store`` if it is there and intact, else trained (its
     dependencies first, each once). ``options`` go to the task and never change the numbers
     (e.g. a detector's DataLoader workers)."""
-    cached = store.load_result(config)
+    cached = cached_result(config, store)
     if cached is not None:
-        return RunResult.from_dict(cached, store.run_dir(config))
+        return cached
     task_type = task_for(config)
     device = resolve_device(device)
     needed = {
@@ -279,18 +93,94 @@ def train(config, store: RunStore, device: str | torch.device | None = "auto",
         for role, dependency in task_type.dependencies(config).items()
     }
     task = task_type(config, device, needed, store, data_root, **options)
+    if "teacher" in needed:
+        task.teacher = needed["teacher"].load_model(store, device)
     # The same torch threads for a CPU run wherever it trains (execution.cpu_threads).
     with torch_threads_for(device):
         record = store.get_or_run(config, lambda run_dir: _live(task, run_dir, store, progress))
     return RunResult.from_dict(record, store.run_dir(config))
 
 
+def cached_result(config, store: RunStore) -> Optional[RunResult]:
+    """The finished run of ``config`` if ``store`` holds it intact (records of earlier versions included)."""
+    record = store.load_result(config)
+    return RunResult.from_dict(record, store.run_dir(config)) if record is not None else None
+
+
+class TrainingSteps:
+    """What the lifecycle holds for a task's training steps: the optimiser (a learned temperature's parameters
+    included), the lr schedule, the run's random generator and the teacher-output cache."""
+
+    def __init__(self, task: Task, temperature, counts: RunCounts):
+        settings, device = task.train_settings, task.device
+        self.task, self.counts = task, counts
+        self.optimizer = make_optimizer(task.model, settings, task.plan,
+                                        temperature.parameters() if temperature is not None else ())
+        self.scheduler = make_scheduler(self.optimizer, task.steps_per_epoch, settings)
+        self.clip_norm = getattr(settings, "grad_clip_norm", None)
+        task.generator = torch.Generator(device="cpu" if task.generator_on_cpu else device).manual_seed(task.config.seed)
+        self.teacher_cache: Optional[torch.Tensor] = None
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.task.generator.get_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.task.generator.set_state(state["generator"].to(self.task.generator.get_state().device))
+
+    def epoch(self, epoch: int, taus, on_step: Callable[[int], None]) -> Dict[str, Any]:
+        """One epoch of training steps: the task computes each step's losses, the lifecycle steps."""
+        task, counts = self.task, self.counts
+        task.model.train()
+        if task.caches_teacher_outputs and task.teacher is not None and not task.augments and self.teacher_cache is None:
+            # Without augmentation the teacher sees the same images every epoch: one pass serves the run.
+            self.teacher_cache = task.teacher_outputs()
+            counts.teacher_forwards += int(self.teacher_cache.shape[0])
+            counts.teacher_outputs_reused = True
+        tally = EpochTally(task.device)
+        for step, batch in enumerate(task.batches(epoch)):
+            cached = self.teacher_cache[batch.index.to(self.teacher_cache.device)] if self.teacher_cache is not None else None
+            logits, losses = task.forward_train(batch, taus[step] if taus is not None else None, cached)
+            loss = _sum(losses)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(task.model.parameters(), self.clip_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            if cached is None and task.teacher is not None:
+                counts.teacher_forwards += batch.size
+            tally.add(batch, logits, losses, loss)
+            on_step(1)
+        counts.samples_seen += tally.seen
+        return {**task.summarise_epoch(tally), "seen": tally.seen}
+
+
+def _sum(losses: Dict[str, torch.Tensor]) -> torch.Tensor:
+    terms = iter(losses.values())
+    total = next(terms)
+    for term in terms:
+        total = total + term
+    return total
+
+
+def begin(task: Task) -> Tuple[Optional[TemperatureSchedule], RunCounts, "TrainingSteps"]:
+    """Seed the run, build its temperature and its task, then its optimiser, lr schedule and generator: a task
+    ready for its first step (the start of every run; benchmarks time ``TrainingSteps.epoch`` from here)."""
+    torch.manual_seed(task.config.seed)
+    spec = task.temperature_spec
+    temperature = spec.build(task.config.temperature_seed).to(task.device) if spec is not None else None
+    task.build()
+    counts = RunCounts()
+    return temperature, counts, TrainingSteps(task, temperature, counts)
+
+
 def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[str, Any]:
     config, device = task.config, task.device
-    torch.manual_seed(config.seed)
     spec = task.temperature_spec
-    temperature = spec.build(config.temperature_seed).to(device) if spec is not None else None
-    task.build(temperature)
+    temperature, counts, steps = begin(task)
 
     history: List[Dict[str, Any]] = []
     taus_used: List[np.ndarray] = []
@@ -303,6 +193,8 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
         if temperature is not None:
             temperature.load_state_dict(checkpoint["temperature"])
         task.load_state_dict(checkpoint["task"])
+        steps.load_state_dict(checkpoint["steps"])
+        counts.load_state_dict(checkpoint["counts"])
         history = list(checkpoint["history"])
         taus_used = [checkpoint["taus"].numpy()] if checkpoint["taus"].numel() else []
         start_epoch = int(checkpoint["epoch"]) + 1
@@ -321,15 +213,21 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
     with EnergyMeter(device=device, host_shared=concurrency.host_shared) as meter:
         phases = PhaseMeter(meter, device, energy_before, wall_before)
         for epoch in range(start_epoch, task.epochs):
-            # tau is drawn here, for the whole epoch (per batch or per sample); a learned temperature
-            # computes each step's tau on the device instead.
+            # tau is drawn here, a whole epoch of them at once: one per batch (or per sample); a learned
+            # temperature computes each step's tau on the device instead.
             taus = temperature.for_epoch(epoch, n_steps, task.tau_batch_size, device) if temperature is not None else None
-            row: Dict[str, Any] = {"epoch": epoch + 1, "lr": epoch_lr(epoch, n_steps, config.train)}
-            for phase in task.epoch_phases:
-                with phases.phase(phase):
-                    row.update(task.run_phase(phase, epoch, taus, bar.update))
-            with phases.phase("evaluation"):
-                row.update(task.evaluate(epoch, last=epoch + 1 == task.epochs))
+            row: Dict[str, Any] = {"epoch": epoch + 1, "lr": epoch_lr(epoch, n_steps, task.train_settings)}
+            with task.epoch_context(epoch):
+                for phase in task.epoch_phases:
+                    with phases.phase(phase):
+                        if phase == "training":
+                            row.update(steps.epoch(epoch, taus, bar.update))
+                        else:
+                            row.update(task.run_phase(phase, epoch, bar.update))
+                with phases.phase("evaluation"):
+                    evaluation = task.evaluate(epoch, last=epoch + 1 == task.epochs)
+                    counts.images_evaluated += evaluation.images
+                    row.update(evaluation.entries)
             used = taus.values().reshape(-1) if taus is not None else np.zeros(0)
             taus_used.append(used)
             history.append(_history_row(row, history, used, taus, phases))
@@ -340,6 +238,8 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
                     "layout": CHECKPOINT_LAYOUT,
                     "epoch": epoch,
                     "task": task.state_dict(),
+                    "steps": steps.state_dict(),
+                    "counts": counts.state_dict(),
                     "temperature": temperature.state_dict() if temperature is not None else {},
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -349,14 +249,18 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
                     "wall_time_by_phase": phases.wall_by_phase(),
                 })
         with phases.phase("evaluation"):
-            headline = task.finish(run_dir)
+            final = task.finish(run_dir)
+            counts.images_evaluated += final.images
         with phases.phase("checkpoints"):
             store.save_model(run_dir, task.final_state_dict())
     # ============================ the metered region ends ===================================
     phases.close()
     bar.close()
 
-    flops = task.flops()
+    headline = dict(final.entries)
+    flops = task.flops(counts)
+    if task.caches_teacher_outputs:
+        flops["teacher_outputs_reused"] = counts.teacher_outputs_reused
     by_phase = flops["by_phase"]
     flops["training_flops"] = float(sum(v for k, v in by_phase.items() if k != "evaluation"))
     flops["definition"] = f"{task.flop_definition}; {FLOP_PHASES_NOTE}"

@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List
 
-from greenkd_utils.runs.lifecycle import task_for
+from greenkd_utils.runs.registry import task_for
 from greenkd_utils.runs.store import RunStore
 
 

@@ -27,7 +27,7 @@ from greenkd_utils.core.config import StoredConfig, TemperatureSpec
 from greenkd_utils.energy.flops import gflops_millions
 from greenkd_utils.energy.report import EnergyReport
 from greenkd_utils.runs.execution import describe_device, resolve_device
-from greenkd_utils.runs.lifecycle import task_for
+from greenkd_utils.runs.registry import task_for
 from greenkd_utils.runs.plan import RunPlan
 from greenkd_utils.runs.record import RunResult
 from greenkd_utils.runs.store import RunStore

@@ -3,7 +3,7 @@
 Every run has the same core: accuracy (the task's headline metric in percent: top-1 accuracy, or mAP for a
 detector), energy in total and by phase, FLOPs, wall time, the temperature it used, its per-epoch history and
 its provenance. What only one kind of run has (a data-free run's teacher accuracy, a detector's per-class AP,
-a QAT run's int8 size) lives in ``extras`` and reads as an attribute: ``result.model_size``.
+a QAT run's int8 size) lives in ``extras``: ``result.extras["model_size"]``.
 
 Records written before the lifecycle was unified (their extras at the top level, a detector's mAP under
 ``test_map_pct``, a data-free run's energy split into ``energy_synthesis`` and ``energy_student``) load
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from greenkd_utils.energy.flops import gflops_millions
-from greenkd_utils.energy.meter import EnergyReport
+from greenkd_utils.energy.report import EnergyReport
+from greenkd_utils.runs.registry import task_for_config_dict, task_named
 
 # The fields every record has; anything else a task writes goes to ``extras``.
 CORE_FIELDS = (
@@ -55,21 +56,6 @@ class RunResult:
     extras: Dict[str, Any] = field(default_factory=dict)
     run_dir: str = ""
 
-    # -- task-specific fields and methods read as attributes -------------------------------------
-    def __getattr__(self, name: str) -> Any:
-        # Only called for names the dataclass does not have.
-        if name.startswith("__") or name in ("extras", "task"):
-            raise AttributeError(name)
-        extras = self.__dict__.get("extras", {})
-        if name in extras:
-            return extras[name]
-        method = _task_type(self.__dict__.get("task", "")).result_methods.get(name)
-        if method is not None:
-            return lambda *args, **kwargs: method(self, *args, **kwargs)
-        if name.startswith("energy_") and name[len("energy_"):] in self.__dict__.get("energy_by_phase", {}):
-            return self.energy_by_phase[name[len("energy_"):]]
-        raise AttributeError(f"{type(self).__name__} of a {self.__dict__.get('task')} run has no field {name!r}")
-
     # -- derived numbers --------------------------------------------------------------------------
     @property
     def training_flops(self) -> float:
@@ -90,7 +76,7 @@ class RunResult:
     def load_model(self, store, device="cpu"):
         """The trained network in eval mode, its weights checked against their digest and loaded with
         ``weights_only=True``."""
-        return _task_type(self.task).load_model(self, store, device)
+        return task_named(self.task).load_model(self, store, device)
 
     # -- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -105,7 +91,7 @@ class RunResult:
     def from_dict(cls, d: Dict[str, Any], run_dir: str | os.PathLike = "") -> "RunResult":
         d = dict(d)
         d.pop("integrity", None)  # the store's seal
-        task_type = _task_type(d.get("task")) if d.get("task") else _task_of_config(d["config"])
+        task_type = task_named(d["task"]) if d.get("task") else task_for_config_dict(d["config"])
         d = task_type.upgrade_record(d)
         extras = dict(d.pop("extras", {}))
         for name in list(d):
@@ -118,14 +104,3 @@ class RunResult:
         d["run_dir"] = str(run_dir or d.get("run_dir", ""))
         return cls(**d, extras=extras)
 
-
-def _task_type(name: Optional[str]):
-    from greenkd_utils.runs.lifecycle import task_named
-
-    return task_named(name or "classification")
-
-
-def _task_of_config(config_dict: Dict[str, Any]):
-    from greenkd_utils.runs.lifecycle import task_for_config_dict
-
-    return task_for_config_dict(config_dict)

@@ -17,22 +17,16 @@ place with ``os.replace``, which is atomic on POSIX and Windows. A file lock per
 run makes two processes that ask for the same run (say, the same teacher from
 two notebooks) train it once: the second waits, then loads.
 
-Integrity. A finished run is *sealed*: ``result.json`` carries a field ``integrity`` with
-
-- ``key``: the run key of the folder it was written for,
-- ``files``: the SHA-256 of every other file in the run folder (weights, samples, ``config.json``), except
-  the files kept only to continue training (:data:`RESUME_FILES`) and temporary files,
-- ``record``: the SHA-256 of the record's canonical JSON (sorted keys, no spaces) with the ``integrity``
-  field in it minus this ``record`` entry,
-
-all in the one atomic write of ``result.json``. Every read (:meth:`RunStore.load_result`, ``is_finished``,
-``get_or_run``, ``load_state_dict``, ``finished_records``) checks the seal first, and the record a caller
-gets never contains the ``integrity`` field. A run is *corrupt* when its record cannot be read, is not a
-record, names another run (its ``key``, its config's hash or the seal's ``key`` is not the folder's), fails
-its record digest (an edited number), or a sealed file is missing or fails its digest (flipped or truncated
-bytes). A corrupt run is never returned: a :class:`CorruptRunWarning` names the file, the folder is renamed
-to ``<run folder>.corrupt-<UTC time>`` (kept for inspection, never deleted) and the run counts as unfinished,
-so ``get_or_run`` trains it again. Weights are checked against their digest before ``torch.load`` reads them.
+Integrity. A finished run is *sealed* (:mod:`greenkd_utils.runs.seal`): ``result.json`` carries the SHA-256
+of the record and of every other file in the run folder except :data:`RESUME_FILES`. Every read
+(:meth:`RunStore.load_result`, ``is_finished``, ``get_or_run``, ``load_state_dict``, ``finished_records``)
+checks the seal first, and the record a caller gets never contains the ``integrity`` field. A run is
+*corrupt* when its record cannot be read, is not a record, names another run (its ``key``, its config's hash
+or the seal's ``key`` is not the folder's), fails its record digest (an edited number), or a sealed file is
+missing or fails its digest (flipped or truncated bytes). A corrupt run is never returned: a
+:class:`~greenkd_utils.runs.safe_load.CorruptRunWarning` names the file, the folder is renamed to
+``<run folder>.corrupt-<UTC time>`` (kept for inspection, never deleted) and the run counts as unfinished, so
+``get_or_run`` trains it again. Weights are checked against their digest before ``torch.load`` reads them.
 
 Records written before seals existed (no ``integrity`` field) are *legacy*: they must still name this run
 and hold :data:`REQUIRED_FIELDS`, and their ``.pt`` files must load with ``weights_only=True``; the first
@@ -59,10 +53,8 @@ import io
 import json
 import logging
 import os
-import pickle
 import socket
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -70,6 +62,20 @@ import torch
 from filelock import FileLock, Timeout
 
 from greenkd_utils.core.config import RunConfig, config_key
+from greenkd_utils.runs.safe_load import (
+    CorruptRunError,
+    load_tensors,
+    retrain_advice,
+    safe_torch_load,
+    warn_corrupt,
+)
+from greenkd_utils.runs.seal import (
+    DIGEST_ALGORITHM,
+    INTEGRITY_FIELD,
+    identity_problem,
+    seal_problem,
+    sealed_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +90,6 @@ TRAINING_LOG = "training_log.jsonl"
 # deleted later: the checkpoint, and the final state that successive halving keeps for its next rung.
 RESUME_FILES = frozenset({CHECKPOINT_FILE, "resume_state.pt"})
 
-INTEGRITY_FIELD = "integrity"
-DIGEST_ALGORITHM = "sha256"
 CHECKPOINT_FORMAT = "greenkd-checkpoint-sha256"
 # Every record any task writes has these; a legacy record without one of them is not a finished run.
 REQUIRED_FIELDS = ("key", "name", "config", "energy", "flops", "history", "versions", "finished_at")
@@ -93,32 +97,9 @@ REQUIRED_FIELDS = ("key", "name", "config", "energy", "flops", "history", "versi
 TEMP_SUFFIX = ".tmp"  # atomic_write_bytes writes ``.<name>.<random>.tmp`` before the rename
 CORRUPT_MARK = ".corrupt-"
 
-_CHUNK = 1 << 20
-
-
-class CorruptRunError(pickle.UnpicklingError):
-    """A run file that cannot be trusted: damaged, changed since the run finished, or not plain tensors.
-
-    A subclass of :class:`pickle.UnpicklingError`, the error ``torch.load(weights_only=True)`` raises for a
-    file it refuses, so code that guards against that refusal catches this too. ``reason`` is what is wrong
-    (naming the file), the message adds what to do about it.
-    """
-
-    def __init__(self, reason: str, advice: str = ""):
-        super().__init__(f"{reason}. {advice}" if advice else reason)
-        self.reason = reason
-
-
-class CorruptRunWarning(UserWarning):
-    """A run (or checkpoint) failed its checks and was set aside or ignored; the message names the file."""
-
-
-def _warn(message: str) -> None:
-    warnings.warn(message, CorruptRunWarning, stacklevel=3)
-
 
 # ---------------------------------------------------------------------------------------------
-# Atomic writes and safe reads
+# Atomic writes
 # ---------------------------------------------------------------------------------------------
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
@@ -148,48 +129,6 @@ def _torch_bytes(obj: Any) -> bytes:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, _torch_bytes(obj))
-
-
-def _load_tensors(source: Any, path: Path, map_location="cpu") -> Any:
-    try:
-        return torch.load(source, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except pickle.UnpicklingError:
-        why = "it holds objects other than tensors and plain containers, which are never loaded from a results folder"
-    except Exception as err:  # a torn zip, flipped bytes, an empty file: torch raises many kinds
-        why = f"it is truncated or damaged ({type(err).__name__})"
-    # torch's own message suggests weights_only=False, which would run code from the file: not the fix here.
-    raise CorruptRunError(f"cannot read {path}: {why}", _retrain_advice(Path(path).parent)) from None
-
-
-def _retrain_advice(run_dir: Path) -> str:
-    return f"Delete the run folder {run_dir} and ask for the run again to train it anew"
-
-
-def safe_torch_load(path: Path, map_location="cpu") -> Any:
-    """Load tensors and plain containers only: no pickled code runs from a results folder.
-
-    A file that cannot be read raises :class:`CorruptRunError` naming it and the folder to delete.
-    """
-    return _load_tensors(path, Path(path), map_location)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def _record_digest(record: Dict[str, Any], seal: Dict[str, Any]) -> str:
-    unsigned = {k: v for k, v in seal.items() if k != "record"}
-    return hashlib.sha256(_canonical({**record, INTEGRITY_FIELD: unsigned})).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,13 +255,13 @@ class RunStore:
             payload = stored["state"].numpy().tobytes()
             if hashlib.sha256(payload).hexdigest() != stored[DIGEST_ALGORITHM]:
                 raise CorruptRunError(f"{path} does not match the SHA-256 it was saved with (damaged bytes)")
-            return _load_tensors(io.BytesIO(payload), path)
+            return load_tensors(io.BytesIO(payload), path)
         except Exception as err:  # a torn or foreign file: start over rather than crash or resume from garbage
             if isinstance(err, CorruptRunError):
                 reason = err.reason
             else:
                 reason = f"{path} is malformed ({type(err).__name__}: {err})"
-            _warn(f"ignoring the checkpoint: {reason}; the run starts over from its first epoch")
+            warn_corrupt(f"ignoring the checkpoint: {reason}; the run starts over from its first epoch")
             return None
 
     @staticmethod
@@ -351,18 +290,18 @@ class RunStore:
                     f"own entry point) to train it anew",
                 )
             if opened.problem is not None:
-                raise CorruptRunError(opened.problem, _retrain_advice(run_dir))
+                raise CorruptRunError(opened.problem, retrain_advice(run_dir))
             raise FileNotFoundError(f"run {config.name} ({config.key}) is not finished in {self.root}")
         path = run_dir / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing from a finished run. {_retrain_advice(run_dir)}")
+            raise FileNotFoundError(f"{path} is missing from a finished run. {retrain_advice(run_dir)}")
         data = path.read_bytes()
         expected = (opened.seal or {}).get("files", {}).get(name)
         if expected is not None and hashlib.sha256(data).hexdigest() != expected:
             raise CorruptRunError(
-                f"{path} does not match the SHA-256 recorded when the run finished", _retrain_advice(run_dir)
+                f"{path} does not match the SHA-256 recorded when the run finished", retrain_advice(run_dir)
             )
-        return _load_tensors(io.BytesIO(data), path)
+        return load_tensors(io.BytesIO(data), path)
 
     def finished_records(self) -> Iterator[Dict[str, Any]]:
         """Every sound finished record in the store (for browsing in a notebook); corrupt ones are warned about."""
@@ -372,7 +311,7 @@ class RunStore:
                 continue
             found = self._inspect(run_dir.name.rpartition("-")[2], run_dir)
             if found.problem is not None:
-                _warn(f"{found.problem}; not listed (asking for the run sets it aside and trains it again)")
+                warn_corrupt(f"{found.problem}; not listed (asking for the run sets it aside and trains it again)")
             elif found.record is not None:
                 yield found.record
 
@@ -390,15 +329,7 @@ class RunStore:
         return names
 
     def _write_sealed(self, key: str, run_dir: Path, record: Dict[str, Any]) -> None:
-        # The digest is taken over the record as JSON gives it back, so that a reader recomputes the same bytes.
-        stored = json.loads(json.dumps(record, default=str))
-        seal: Dict[str, Any] = {
-            "algorithm": DIGEST_ALGORITHM,
-            "key": key,
-            "files": {name: _sha256_file(run_dir / name) for name in self._sealed_files(run_dir)},
-        }
-        seal["record"] = _record_digest(stored, seal)
-        atomic_write_json(run_dir / RESULT_FILE, {**stored, INTEGRITY_FIELD: seal})
+        atomic_write_json(run_dir / RESULT_FILE, sealed_record(key, run_dir, self._sealed_files(run_dir), record))
 
     def _inspect(self, key: str, run_dir: Path) -> _Inspection:
         """Read and check a run folder; changes nothing."""
@@ -412,47 +343,13 @@ class RunStore:
         if not isinstance(record, dict):
             return _Inspection(problem=f"{path} is not a result record (it holds a {type(record).__name__})")
         seal = record.pop(INTEGRITY_FIELD, None)
-        problem = self._identity_problem(key, path, record)
+        problem = identity_problem(key, path, record)
         if problem is None:
-            problem = self._legacy_problem(key, run_dir, record) if seal is None else self._seal_problem(
-                key, run_dir, record, seal)
+            problem = self._legacy_problem(key, run_dir, record) if seal is None else seal_problem(
+                key, run_dir, path, record, seal)
         if problem is not None:
             return _Inspection(problem=problem)
         return _Inspection(record=record, seal=seal)
-
-    @staticmethod
-    def _identity_problem(key: str, path: Path, record: Dict[str, Any]) -> Optional[str]:
-        if "key" in record and record["key"] != key:
-            return (f"{path} is the record of run {record['key']}, not of this folder's run {key} "
-                    f"(copied from another run?)")
-        if "config" in record:
-            try:
-                recorded = config_key(record["config"])
-            except (TypeError, ValueError):
-                recorded = None
-            if recorded != key:
-                return f"{path} holds a config that is not this folder's run {key} (copied or edited?)"
-        return None
-
-    def _seal_problem(self, key: str, run_dir: Path, record: Dict[str, Any], seal: Any) -> Optional[str]:
-        path = run_dir / RESULT_FILE
-        if not (isinstance(seal, dict) and isinstance(seal.get("files"), dict) and isinstance(seal.get("record"), str)):
-            return f"{path} has a damaged {INTEGRITY_FIELD!r} field"
-        if seal.get("key") != key:
-            return (f"{path} was sealed for run {seal.get('key')}, not for this folder's run {key} "
-                    f"(copied from another run?)")
-        if _record_digest(record, seal) != seal["record"]:
-            return f"{path} was changed after the run finished (its SHA-256 does not match the seal)"
-        for name, expected in seal["files"].items():
-            relative = Path(name)
-            if relative.is_absolute() or ".." in relative.parts:
-                return f"{path} seals a file outside its run folder ({name!r})"
-            file = run_dir / relative
-            if not file.is_file():
-                return f"{file} is missing from the finished run"
-            if _sha256_file(file) != expected:
-                return f"{file} does not match the SHA-256 recorded when the run finished (damaged or changed)"
-        return None
 
     def _legacy_problem(self, key: str, run_dir: Path, record: Dict[str, Any]) -> Optional[str]:
         path = run_dir / RESULT_FILE
@@ -509,7 +406,8 @@ class RunStore:
         with self._exclusive(config, have_lock) as exclusive:
             if not exclusive:
                 if found.problem is not None:
-                    _warn(f"{found.problem}; another process holds this run's lock, so it is left in place for now")
+                    warn_corrupt(f"{found.problem}; another process holds this run's lock, so it is left in place "
+                                 f"for now")
                 return _Opened(record=found.record, problem=found.problem, seal=found.seal)
             if not have_lock:  # the lock's previous holder may have replaced the run: look again
                 found = self._inspect(key, run_dir)
@@ -517,7 +415,7 @@ class RunStore:
             if found.problem is not None:
                 moved_to = self._set_aside(run_dir)
                 where = f"moved aside to {moved_to}" if moved_to else f"left in place (delete {run_dir})"
-                _warn(f"{found.problem}; the run was {where} and will be trained again")
+                warn_corrupt(f"{found.problem}; the run was {where} and will be trained again")
                 return _Opened(problem=found.problem, moved_to=moved_to)
             if found.finished:
                 (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)

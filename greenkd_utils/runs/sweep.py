@@ -6,7 +6,8 @@ energy, CO2, FLOPs and wall time are the sum over the whole grid, since that
 is what finding the winner cost.
 
 The same bill, summed over whatever runs a search started, serves the successive-halving search
-(:mod:`greenkd_utils.runs.successive_halving`), whose runs may stop early.
+(:mod:`greenkd_utils.runs.successive_halving`), whose runs may stop early, and a QAT run billed with the float
+run it starts from (:func:`train_qat`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from greenkd_utils.core.config import TemperatureSpec
 from greenkd_utils.energy.flops import gflops_millions
-from greenkd_utils.energy.meter import EnergyReport
+from greenkd_utils.energy.report import EnergyReport
 from greenkd_utils.energy.phases import PHASES
 from greenkd_utils.runs.lifecycle import train
 from greenkd_utils.runs.record import RunResult
+from greenkd_utils.runs.registry import task_for
 from greenkd_utils.runs.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -80,16 +82,13 @@ def choose_on_validation(runs: Sequence[RunResult]) -> RunResult:
     return max(runs, key=lambda r: r.val_accuracy)  # max() keeps the first of equal keys
 
 
-# Roles of the configs whose runs have a KD term, and so a tau to search.
-DISTILLING_ROLES = ("kd", "dfkd")
-
-
 def check_tau_search(base) -> None:
-    """What every search over fixed taus needs of its base config: a run with a KD term (a KD, data-free KD
-    or detection KD config), and a validation split to choose on (the test set never chooses)."""
-    if getattr(base, "role", None) not in DISTILLING_ROLES:
-        raise ValueError(f"a tau search needs a KD config (role='kd', or 'dfkd' for data-free KD); "
-                         f"got role {getattr(base, 'role', None)!r}")
+    """What every search over fixed taus needs of its base config: a run with a KD term (its task says so:
+    a KD, data-free KD or detection KD config), and a validation split to choose on (the test set never
+    chooses)."""
+    if not task_for(base).has_kd_term(base):
+        raise ValueError(f"a tau search needs a config with a KD term (a temperature and a teacher, e.g. "
+                         f"role='kd'); got {type(base).__name__} with role {getattr(base, 'role', None)!r}")
     if base.val_fraction <= 0:
         raise ValueError("a tau search needs val_fraction > 0: tau is chosen on validation, never on test")
 
@@ -115,3 +114,26 @@ def tuned_sweep(
     chosen = choose_on_validation(runs)
     log.info("tuned sweep %s: tau=%g chosen on validation (%.2f%%)", base.name, chosen.config.temperature.tau, chosen.val_accuracy)
     return TunedResult(runs=runs, chosen=chosen)
+
+
+class QATPipeline(BilledResult):
+    """What getting the int8 model cost: the float run QAT started from (if any) plus QAT itself; the accuracy
+    is the int8 model's."""
+
+    def __init__(self, qat: RunResult, initial: Optional[RunResult] = None):
+        super().__init__(runs=[qat] if initial is None else [initial, qat], chosen=qat)
+
+    @property
+    def qat(self) -> RunResult:
+        return self.chosen
+
+    @property
+    def initial(self) -> Optional[RunResult]:
+        return self.runs[0] if len(self.runs) > 1 else None
+
+
+def train_qat(config, store: RunStore, device="auto", data_root=None, progress: bool = True) -> QATPipeline:
+    """The finished QAT run of ``config`` (a :class:`~greenkd_utils.core.quantization.QATConfig`) billed with
+    the float run it starts from, each from ``store`` or trained once."""
+    initial = None if config.init_from is None else train(config.init_from, store, device, data_root, progress)
+    return QATPipeline(train(config, store, device, data_root, progress), initial)

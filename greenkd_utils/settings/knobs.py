@@ -2,16 +2,11 @@
 
 A knob reaches the library in many shapes. papermill's ``-p seeds '[0, 1]'`` passes the
 *string* ``"[0, 1]"``, ``-p seeds 3`` an int, ``-y`` and ``parameters={...}`` real YAML
-or Python values; someone at a JupyterLab prompt types ``seeds = "0,1"``. Every setup
-function (:func:`greenkd_utils.paper.experiments.setup` and the ones of Tables 6, 7, 8, the
-detection column and Figure 3) sends its keyword arguments through :func:`coerce`, so
-each of these works and anything else fails before a single run starts, with an error
-that names the knob and says what it accepts.
-
-:func:`parameters_from_namespace` is the notebook side (``ex.notebook_parameters``):
-called first in the cell after a notebook's ``parameters`` cell, it refuses names that
-papermill injected but the notebook does not declare (papermill itself only warns), and
-parses the declared ones.
+or Python values; someone at a JupyterLab prompt types ``seeds = "0,1"``. The one set-up of
+every notebook (:func:`greenkd_utils.paper.experiments.setup`, through
+:mod:`greenkd_utils.settings.notebooks`) and every settings reader send their keyword arguments
+through :func:`coerce`, so each of these works and anything else fails before a single run
+starts, with an error that names the knob and says what it accepts.
 
 ``None`` always means "the profile's value" (or the notebook's setting), except for
 ``profile``. The old names ``dataset`` and ``carbon_intensity`` still work, with a
@@ -20,7 +15,6 @@ parses the declared ones.
 
 from __future__ import annotations
 
-import ast
 import math
 import numbers
 import os
@@ -31,20 +25,21 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import yaml
 
-from greenkd_utils.core.checks import is_bool
+from greenkd_utils.analysis.gradcam import TARGETS
+from greenkd_utils.energy.checks import is_bool
+from greenkd_utils.core.data import DATASETS
+from greenkd_utils.core.dfkd.config import METHODS
+from greenkd_utils.core.losses import KD_LOSSES
+from greenkd_utils.core.models import check_model_name
+from greenkd_utils.core.quantization import BACKENDS
+from greenkd_utils.runs.executors import EXECUTORS
 
-__all__ = [
-    "KNOBS",
-    "ALIASES",
-    "Knob",
-    "parse",
-    "coerce",
-    "describe",
-    "parameters_from_namespace",
-]
+# The profiles, one YAML file each in greenkd_utils/configs/ (greenkd_utils.settings.loader reads them).
+PROFILES = ("smoke", "demo", "paper")
 
-# papermill's injected cell starts with this line (papermill.parameterize, "# Parameters").
-INJECTED_CELL_HEADER = "# Parameters"
+# What the single-run arm of a comparison may be: the paper's per-batch draw, a per-sample draw, or CTKD's
+# learned temperature (docs/protocol.md, "Temperature strategies beyond the paper").
+STOCHASTIC_ARM_MODES = ("stochastic", "stochastic_per_sample", "ctkd")
 
 
 class _Refused(ValueError):
@@ -178,6 +173,7 @@ def _list_of(parse_item: Callable[[Any], Any]) -> Callable[[Any], List[Any]]:
 
 
 def _choice(choices: Callable[[], Sequence[str]], what: str) -> Callable[[Any], str]:
+    # The choices are read when a value is parsed: a registry filled after import (a model added by name) counts.
     def parse_choice(value: Any) -> str:
         value = _text_value(value)
         valid = tuple(choices())
@@ -186,6 +182,16 @@ def _choice(choices: Callable[[], Sequence[str]], what: str) -> Callable[[Any], 
         return value
 
     return parse_choice
+
+
+def _model(value: Any) -> str:
+    # A built-in model, or any timm model as "timm:<name>"; the refusal names close matches.
+    value = _text_value(value)
+    try:
+        check_model_name(value)
+    except ValueError as refusal:
+        raise _Refused(str(refusal)) from None
+    return value
 
 
 def _folder(value: Any) -> Optional[str]:
@@ -205,60 +211,6 @@ def _device(value: Any) -> str:
     return value.strip()
 
 
-def _executors() -> Sequence[str]:
-    from greenkd_utils.runs.executors import EXECUTORS
-
-    return EXECUTORS
-
-
-def _profiles() -> Sequence[str]:
-    from greenkd_utils.settings.profiles import PROFILES
-
-    return PROFILES
-
-
-def _datasets() -> Sequence[str]:
-    from greenkd_utils.core.data import DATASETS
-
-    return DATASETS
-
-
-def _kd_losses() -> Sequence[str]:
-    from greenkd_utils.core.losses import KD_LOSSES
-
-    return sorted(KD_LOSSES)
-
-
-def _models() -> Sequence[str]:
-    from greenkd_utils.core.models import MODELS
-
-    return sorted(MODELS)
-
-
-def _dfkd_methods() -> Sequence[str]:
-    from greenkd_utils.core.dfkd.config import METHODS
-
-    return METHODS
-
-
-def _qat_backends() -> Sequence[str]:
-    from greenkd_utils.core.quantization import BACKENDS
-
-    return ("auto",) + tuple(BACKENDS)
-
-
-def _gradcam_targets() -> Sequence[str]:
-    from greenkd_utils.analysis.gradcam import TARGETS
-
-    return TARGETS
-
-
-def _temperature_modes() -> Sequence[str]:
-    from greenkd_utils.settings.profiles import STOCHASTIC_ARM_MODES
-
-    return STOCHASTIC_ARM_MODES
-
-
 def _boolean(value: Any) -> bool:
     if is_bool(value):
         return bool(value)
@@ -271,10 +223,10 @@ _positive_int = _int_at_least(1)
 _tau = _float_where(lambda t: t > 0, "> 0 and finite")
 
 _KNOB_LIST = [
-    Knob("profile", "a profile name", _choice(_profiles, "profile"),
+    Knob("profile", "a profile name", _choice(lambda: PROFILES, "profile"),
          "which scale: smoke (seconds), demo (digits on a CPU) or paper (the paper's data and settings)"),
     Knob("datasets", "a list of dataset names, e.g. [cifar10, cifar100] or \"cifar10,cifar100\" (a notebook "
-         "that shows one dataset uses the first)", _list_of(_choice(_datasets, "dataset")),
+         "that shows one dataset uses the first)", _list_of(_choice(lambda: DATASETS, "dataset")),
          "the datasets to train on"),
     Knob("seeds", "a list of whole numbers >= 0, e.g. [0, 1] or \"0,1\" (a single number is one seed)",
          _list_of(_int_at_least(0)), "the seeds; accuracies are means over them"),
@@ -285,13 +237,14 @@ _KNOB_LIST = [
          "learning rate of the student and KD runs"),
     Knob("tau_grid", "a list of temperatures > 0, e.g. [1, 2, 4] or \"1,2,4\"", _list_of(_tau),
          "the fixed taus of the tuned baseline (one full training each)"),
-    Knob("losses", "a list of KD losses, e.g. [hkd, cmc, dml]", _list_of(_choice(_kd_losses, "KD loss")),
+    Knob("losses", "a list of KD losses, e.g. [hkd, cmc, dml]",
+         _list_of(_choice(lambda: sorted(KD_LOSSES), "KD loss")),
          "the KD losses to compare"),
-    Knob("loss", "a KD loss name", _choice(_kd_losses, "KD loss"),
+    Knob("loss", "a KD loss name", _choice(lambda: sorted(KD_LOSSES), "KD loss"),
          "the KD loss of the tuned and stochastic runs shown"),
     Knob("seed", "a whole number >= 0", _int_at_least(0), "which seed's models are shown"),
-    Knob("teacher_model", "a model name", _choice(_models, "model"), "the teacher's architecture"),
-    Knob("student_model", "a model name", _choice(_models, "model"), "the student's architecture"),
+    Knob("teacher_model", "a model name or timm:<name>", _model, "the teacher's architecture"),
+    Knob("student_model", "a model name or timm:<name>", _model, "the student's architecture"),
     Knob("device", "cpu, cuda, cuda:N, mps or auto", _device, "where to train"),
     Knob("data_root", "a folder path", _folder, "the folder holding the paper's datasets"),
     Knob("results_dir", "a folder path", _folder, "the run store (one folder per run)"),
@@ -312,13 +265,14 @@ _KNOB_LIST = [
     Knob("example_class", "a whole number >= 0 (a class index)", _int_at_least(0),
          "Figure 4 (a) shows the first test image of this class"),
     Knob("gradcam_images", "a whole number >= 1", _positive_int, "how many test images Grad-CAM explains"),
-    Knob("gradcam_target", "a Grad-CAM target name", _choice(_gradcam_targets, "Grad-CAM target"),
+    Knob("gradcam_target", "a Grad-CAM target name", _choice(lambda: TARGETS, "Grad-CAM target"),
          "explain the true class or the model's top class"),
-    Knob("qat_backend", "auto or a quantization backend name", _choice(_qat_backends, "quantization backend"),
+    Knob("qat_backend", "auto or a quantization backend name",
+         _choice(lambda: ("auto",) + tuple(BACKENDS), "quantization backend"),
          "the int8 kernels of quantization-aware training"),
     Knob("qat_epochs", "a whole number >= 1", _positive_int, "epochs of quantization-aware fine-tuning"),
     Knob("methods", "a list of data-free KD synthesizers, e.g. [cmi, deepinversion]",
-         _list_of(_choice(_dfkd_methods, "data-free KD method")), "the synthesizers of Table 6"),
+         _list_of(_choice(lambda: METHODS, "data-free KD method")), "the synthesizers of Table 6"),
     Knob("synthesis_iterations", "a whole number >= 1", _positive_int,
          "optimisation steps of one synthesis round (data-free KD)"),
     Knob("synthesis_batch_size", "a whole number >= 2", _int_at_least(2),
@@ -328,7 +282,7 @@ _KNOB_LIST = [
     Knob("image_size", "a whole number >= 16 (pixels)", _int_at_least(16),
          "side of the square images the detectors see"),
     Knob("temperature_mode", "stochastic, stochastic_per_sample or ctkd",
-         _choice(_temperature_modes, "temperature mode"),
+         _choice(lambda: STOCHASTIC_ARM_MODES, "temperature mode"),
          "how the single-run arm sets tau: per batch (the paper's), per sample, or learned (CTKD)"),
     Knob("logit_standardization", "true or false", _boolean,
          "z-score teacher and student logits before the softened softmax (HKD and DML; tau is the base)"),
@@ -336,7 +290,7 @@ _KNOB_LIST = [
          "the equivalence margin of the stochastic-vs-tuned verdict"),
     Knob("num_workers", "a whole number >= 0", _int_at_least(0),
          "DataLoader workers of the detection augmentation (0: in the notebook's process)"),
-    Knob("executor", "local or ray", _choice(_executors, "executor"),
+    Knob("executor", "local or ray", _choice(lambda: EXECUTORS, "executor"),
          "who trains the notebook's runs: this kernel, one after another, or Ray, in parallel"),
     Knob("ray_address", "a Ray cluster address, e.g. auto or ray://head:10001", _folder,
          "join this Ray cluster (executor ray) instead of starting a local runtime"),
@@ -408,90 +362,3 @@ def describe(names: Optional[Iterable[str]] = None) -> str:
         default = "" if name == "profile" else "; None: the profile's"
         lines.append(f"{name}: {KNOBS[name].help} ({KNOBS[name].accepts}{default})")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# The notebook side
-# ---------------------------------------------------------------------------------------------
-def _assigned_names(source: str) -> List[str]:
-    """Names assigned at the top level of a cell's code, in order."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        try:
-            from IPython.core.inputtransformer2 import TransformerManager
-
-            tree = ast.parse(TransformerManager().transform_cell(source))
-        except Exception:  # not Python we can read: it declares nothing we can check
-            return []
-    names: List[str] = []
-    for statement in tree.body:
-        targets = statement.targets if isinstance(statement, ast.Assign) else (
-            [statement.target] if isinstance(statement, ast.AnnAssign) else [])
-        for target in targets:
-            for node in ast.walk(target):
-                if isinstance(node, ast.Name) and node.id not in names:
-                    names.append(node.id)
-    return names
-
-
-def _only_assignments(source: str) -> bool:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return False
-    return bool(tree.body) and all(isinstance(s, (ast.Assign, ast.AnnAssign)) for s in tree.body)
-
-
-def _find_cells(executed: Sequence[str]) -> tuple[Optional[str], Optional[str]]:
-    """(parameters cell, papermill's injected cell or None) among the cells executed before this one.
-
-    IPython keeps every executed cell's source in ``In``. papermill runs its injected cell right after
-    the notebook's parameters cell (a cell of assignments only, which a cell merely starting with the
-    same comment is not preceded by); without papermill the newest cell of assignments that sets
-    ``profile`` is the parameters cell.
-    """
-    for index in range(len(executed) - 1, 0, -1):
-        if executed[index].lstrip().startswith(INJECTED_CELL_HEADER) and _only_assignments(executed[index - 1]):
-            return executed[index - 1], executed[index]
-    for source in reversed(executed):
-        if _only_assignments(source) and "profile" in _assigned_names(source):
-            return source, None
-    return None, None
-
-
-def parameters_from_namespace(namespace: Mapping[str, Any]) -> Dict[str, Any]:
-    """The notebook's knobs, parsed; call it as ``globals().update(ex.notebook_parameters(globals()))``
-    first in the cell after the ``parameters`` cell.
-
-    Refuses (ValueError) any name papermill injected that the parameters cell does not declare and
-    that is not an old name of a declared knob: papermill only warns "Passed unknown parameter" and
-    runs on, ignoring a misspelt knob. Old names map to their knob with a FutureWarning.
-
-    Outside IPython (no ``In`` history) every knob of :data:`KNOBS` found in ``namespace`` is parsed.
-    """
-    executed = list(namespace.get("In") or [])[:-1]  # the last one is the cell calling this
-    parameters_cell, injected_cell = _find_cells(executed)
-    if parameters_cell is None:
-        declared = [name for name in KNOBS if name in namespace]
-    else:
-        declared = _assigned_names(parameters_cell)
-    injected = _assigned_names(injected_cell) if injected_cell else []
-
-    aliases = {alias: canonical for alias, canonical in ALIASES.items() if canonical in declared and alias not in declared}
-    unknown = [name for name in injected if name not in declared and name not in aliases]
-    if unknown:
-        old = [f"{a} (now {c})" for a, c in aliases.items()]
-        raise ValueError(
-            f"unknown notebook parameter(s) {', '.join(unknown)}; this notebook's knobs: {', '.join(declared)}"
-            + (f"; old names still accepted: {', '.join(old)}" if old else "")
-        )
-
-    values = {name: namespace[name] for name in declared if name in namespace}
-    for alias in (name for name in injected if name in aliases):
-        canonical = aliases[alias]
-        given = {alias: namespace[alias]}
-        if canonical in injected:
-            given[canonical] = namespace[canonical]
-        values[canonical] = resolve_aliases(given)[canonical]
-    return {name: parse(name, value) if name in KNOBS else value for name, value in values.items()}

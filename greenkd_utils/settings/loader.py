@@ -1,9 +1,9 @@
-"""The one way a settings file becomes settings: every YAML in ``configs/`` (a profile, or the settings of
-a notebook family: data-free KD, detection, the extra tables, beyond the paper) is read here, with the same
-rules for every notebook's overrides:
+"""The one way a settings file becomes settings: every YAML in ``greenkd_utils/configs/`` (a profile, or the
+settings of a notebook family: data-free KD, detection, the extra tables, beyond the paper) is read here, with
+the same rules for every notebook's overrides:
 
-- the profile must be one of :data:`PROFILES`, and every override name one the caller accepts, else a
-  ValueError names the bad value and the valid choices;
+- the profile must be one of :data:`~greenkd_utils.settings.knobs.PROFILES`, and every override name one the
+  caller accepts, else a ValueError names the bad value and the valid choices;
 - values are parsed by :mod:`greenkd_utils.settings.knobs` (``seeds="0,1"`` is ``(0, 1)``, a bad value is an
   error naming the knob), and an override left at None keeps the file's value;
 - the knobs every notebook shares mean the same everywhere: ``epochs`` and ``lr`` are the students',
@@ -19,8 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from greenkd_utils.settings import knobs
-
-PROFILES = ("smoke", "demo", "paper")
+from greenkd_utils.settings.knobs import PROFILES
 
 
 def read_config(name: str) -> Dict[str, Any]:

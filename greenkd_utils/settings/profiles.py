@@ -20,17 +20,8 @@ from greenkd_utils.core.config import (
     TrainSettings,
 )
 from greenkd_utils.settings import knobs
-from greenkd_utils.settings.loader import (  # noqa: F401  (PROFILES and read_config: importable from here too)
-    PROFILES,
-    SCHEDULE_KNOBS,
-    apply_overrides,
-    load_section,
-    read_config,
-)
-
-# What the single-run arm of a comparison may be: the paper's per-batch draw, a per-sample draw, or CTKD's
-# learned temperature (docs/protocol.md, "Temperature strategies beyond the paper").
-STOCHASTIC_ARM_MODES = ("stochastic", "stochastic_per_sample", "ctkd")
+from greenkd_utils.settings.knobs import STOCHASTIC_ARM_MODES
+from greenkd_utils.settings.loader import SCHEDULE_KNOBS, apply_overrides, load_section
 
 # Overrides that reach into the nested training settings rather than a top-level field.
 _TRAIN_OVERRIDES = {**SCHEDULE_KNOBS, "batch_size": ("student_train", "batch_size")}

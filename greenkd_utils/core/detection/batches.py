@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Tuple
 import torch
 
 from greenkd_utils.core.detection.config import DetectionTrainSettings
-from greenkd_utils.core.detection.data import DetectionDataset
+from greenkd_utils.core.detection.dataset import DetectionDataset
 
 
 def _flip_batch(images: torch.Tensor, targets: List[Dict[str, torch.Tensor]], generator: torch.Generator):

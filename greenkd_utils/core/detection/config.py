@@ -13,9 +13,9 @@ from typing import Any, Dict, Optional, Tuple
 
 from greenkd_utils.core.config import (
     ROLES,
+    DistillSpec,
     StoredConfig,
-    TemperatureSpec,
-    check_role_and_loss,
+    check_val_fraction,
     store_floats,
 )
 from greenkd_utils.core.detection.data import DETECTION_DATASETS
@@ -63,7 +63,7 @@ class DetectionTrainSettings:
 
 
 @dataclass(frozen=True)
-class DetectionRunConfig(StoredConfig):
+class DetectionRunConfig(DistillSpec, StoredConfig):
     """One detection run: a teacher or student trained with SSD's loss, or a KD student.
 
     Everything that changes the numbers is here (and in ``key``); where the data lives, the device and
@@ -80,18 +80,13 @@ class DetectionRunConfig(StoredConfig):
     shapes: Optional[ShapesSettings] = None
     train: DetectionTrainSettings = field(default_factory=DetectionTrainSettings)
     profile: str = "paper"
-    loss: str = "ssd"
-    alpha: float = 0.95
-    kl_reduction: str = "batchmean"
-    temperature: Optional[TemperatureSpec] = None
-    teacher: Optional["DetectionRunConfig"] = None
+    loss: str = field(default="ssd", kw_only=True)
+    teacher: Optional["DetectionRunConfig"] = field(default=None, kw_only=True)
     val_fraction: float = 0.1
     task: str = "detection"
-    # Z-score each anchor's teacher and student logits before the softened softmax (Sun et al., CVPR 2024).
-    logit_standardization: bool = False
 
     def __post_init__(self):
-        store_floats(self, "alpha", "val_fraction", "width")
+        store_floats(self, "val_fraction", "width")
         if self.role not in ROLES:
             raise ValueError(f"unknown role {self.role!r}; valid: {', '.join(ROLES)}")
         if self.dataset not in DETECTION_DATASETS:
@@ -102,8 +97,10 @@ class DetectionRunConfig(StoredConfig):
             object.__setattr__(self, "shapes", ShapesSettings())
         if self.dataset != "shapes" and self.shapes is not None:
             raise ValueError("shapes settings only apply to the shapes dataset")
-        check_role_and_loss(self, "ssd", "SSD's loss", shared_with_teacher=("dataset", "image_size", "anchors", "shapes"),
-                            mismatch="teacher and student must share the dataset, image size and anchors")
+        self.check_distillation(self.role == "kd", "ssd", "SSD's loss",
+                                shared_with_teacher=("dataset", "image_size", "anchors", "shapes"),
+                                mismatch="teacher and student must share the dataset, image size and anchors")
+        check_val_fraction(self.val_fraction)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "DetectionRunConfig":
@@ -112,19 +109,8 @@ class DetectionRunConfig(StoredConfig):
         d["anchors"] = AnchorSettings(**d["anchors"])
         if isinstance(d.get("shapes"), dict):
             d["shapes"] = ShapesSettings(**d["shapes"])
-        if isinstance(d.get("temperature"), dict):
-            d["temperature"] = TemperatureSpec(**d["temperature"])
-        if isinstance(d.get("teacher"), dict):
-            d["teacher"] = cls.from_dict(d["teacher"])
-        return cls(**d)
+        return cls(**cls.nested_from_dict(d, cls))
 
     @property
     def name(self) -> str:
-        parts = ["det", self.role, self.dataset, self.model]
-        if self.role == "kd":
-            parts[3] = f"{self.teacher.model}-to-{self.model}"
-            parts += [self.loss, self.temperature.short().replace("~", "").replace("[", "").replace("]", "")]
-            if self.logit_standardization:
-                parts.append("ls")
-        parts.append(f"s{self.seed}")
-        return "_".join(parts)
+        return f"det_{self.role}_{self.dataset}_{self.kd_name if self.role == 'kd' else self.model}_s{self.seed}"

@@ -169,7 +169,7 @@ def predict(model, images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
 
 
 def evaluate_model(model, dataset, mean: torch.Tensor, std: torch.Tensor, device=None, batch_size: int = 64, plan=None) -> DetectionMetrics:
-    """VOC07 mAP of ``model`` on a :class:`~.data.DetectionDataset`."""
+    """VOC07 mAP of ``model`` on a :class:`~.dataset.DetectionDataset`."""
     device = device or next(model.parameters()).device
     predictions = predict(model, dataset.images.to(device), mean, std, batch_size, plan)
     return evaluate_detections(predictions, dataset.ground_truth(), dataset.class_names)

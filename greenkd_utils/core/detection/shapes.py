@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from greenkd_utils.core.detection.data import DetectionDataset, DetectionSplits
+from greenkd_utils.core.detection.dataset import DetectionDataset, DetectionSplits
 
 SHAPE_CLASSES = ("square", "circle", "triangle")
 

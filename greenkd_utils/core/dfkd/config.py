@@ -18,17 +18,14 @@ from typing import Any, Dict, Optional, Tuple
 
 from greenkd_utils.core.config import (
     AugmentSettings,
+    DistillSpec,
     RunConfig,
     StoredConfig,
     TemperatureSpec,
     TrainSettings,
+    check_val_fraction,
     nested,
     store_floats,
-)
-from greenkd_utils.core.losses import (
-    KD_LOSSES,
-    KL_REDUCTIONS,
-    check_logit_standardization,
 )
 
 METHODS = ("deepinversion", "cmi")
@@ -105,7 +102,7 @@ class SynthesisSettings:
 
 
 @dataclass(frozen=True)
-class DFKDConfig(StoredConfig):
+class DFKDConfig(DistillSpec, StoredConfig):
     """One data-free KD run: a synthesizer inverts ``teacher``'s trained network, ``model`` learns
     from the synthesized images only, with ``loss`` at ``temperature``.
 
@@ -115,26 +112,23 @@ class DFKDConfig(StoredConfig):
 
     dataset: str
     model: str
-    teacher: RunConfig
     synthesis: SynthesisSettings
-    temperature: TemperatureSpec
+    teacher: RunConfig = field(kw_only=True)
+    temperature: TemperatureSpec = field(kw_only=True)
     seed: int = 0
     train: TrainSettings = field(default_factory=TrainSettings)
     kd_steps: int = 400
-    loss: str = "hkd"
+    loss: str = field(default="hkd", kw_only=True)
     # No labels exist for synthetic images; the original methods distil on the teacher's outputs only.
-    alpha: float = 1.0
-    kl_reduction: str = "batchmean"
+    alpha: float = field(default=1.0, kw_only=True)
     profile: str = "paper"
     val_fraction: float = 0.1
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     role: str = "dfkd"
-    # Z-score teacher and student logits per sample before the softened softmax (Sun et al., CVPR 2024).
-    logit_standardization: bool = False
 
     def __post_init__(self):
-        store_floats(self, "alpha", "val_fraction")
+        store_floats(self, "val_fraction")
         for name, cls in (("synthesis", SynthesisSettings), ("train", TrainSettings), ("temperature", TemperatureSpec),
                           ("teacher", RunConfig)):
             nested(self, name, cls)
@@ -142,19 +136,11 @@ class DFKDConfig(StoredConfig):
             raise ValueError(f"a DFKDConfig has role 'dfkd'; got {self.role!r}")
         if self.teacher.role != "teacher":
             raise ValueError(f"the teacher config must have role 'teacher'; got {self.teacher.role!r}")
-        if self.teacher.dataset != self.dataset:
-            raise ValueError("the teacher must be trained on the dataset whose test set scores the student")
-        if self.loss not in KD_LOSSES:
-            raise ValueError(f"unknown KD loss {self.loss!r}; valid: {', '.join(sorted(KD_LOSSES))}")
-        if self.kl_reduction not in KL_REDUCTIONS:
-            raise ValueError(f"unknown kl_reduction {self.kl_reduction!r}; valid: {', '.join(KL_REDUCTIONS)}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1]; got {self.alpha}")
+        self.check_distillation(True, "", "", shared_with_teacher=("dataset",),
+                                mismatch="the teacher must be trained on the dataset whose test set scores the student")
         if self.kd_steps < 1:
             raise ValueError(f"kd_steps must be >= 1; got {self.kd_steps}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in [0, 1); got {self.val_fraction}")
-        check_logit_standardization(self.loss, self.logit_standardization)
+        check_val_fraction(self.val_fraction)
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -169,12 +155,8 @@ class DFKDConfig(StoredConfig):
             synthesis["view_augment"] = AugmentSettings(**synthesis["view_augment"])
         d["synthesis"] = SynthesisSettings(**synthesis)
         d["train"] = TrainSettings(**d["train"])
-        d["temperature"] = TemperatureSpec(**d["temperature"])
-        d["teacher"] = RunConfig.from_dict(d["teacher"])
-        return cls(**d)
+        return cls(**cls.nested_from_dict(d, RunConfig))
 
     @property
     def name(self) -> str:
-        tau = self.temperature.short().replace("~", "").replace("[", "").replace("]", "")
-        ls = "_ls" if self.logit_standardization else ""
-        return f"dfkd_{self.dataset}_{self.method}_{self.teacher.model}-to-{self.model}_{self.loss}_{tau}{ls}_s{self.seed}"
+        return f"dfkd_{self.dataset}_{self.method}_{self.kd_name}_s{self.seed}"

@@ -49,7 +49,7 @@ from greenkd_utils.core.dfkd.objectives import (
     total_variation,
 )
 from greenkd_utils.core.dfkd.pool import to_uint8
-from greenkd_utils.energy.flops import _flop_counter
+from greenkd_utils.energy.flops import flop_counter
 
 
 @dataclass
@@ -191,7 +191,7 @@ class DeepInversionSynthesizer(Synthesizer):
             optimizer = torch.optim.Adam([x], lr=s.lr, betas=s.betas)
             terms: Dict[str, torch.Tensor] = {}
             for it in range(s.iterations):
-                counter = _flop_counter() if (count_flops and it == 0) else contextlib.nullcontext()
+                counter = flop_counter() if (count_flops and it == 0) else contextlib.nullcontext()
                 with counter:
                     loss, terms, _ = self.common_objective(self.teacher_view(x), targets)
                     optimizer.zero_grad(set_to_none=True)
@@ -199,7 +199,7 @@ class DeepInversionSynthesizer(Synthesizer):
                     optimizer.step()
                 if count_flops and it == 0:
                     flops_per_step = counter.get_total_flops()
-            counter = _flop_counter() if count_flops else contextlib.nullcontext()
+            counter = flop_counter() if count_flops else contextlib.nullcontext()
             with counter, torch.no_grad():
                 pixels = self.to_pixels(x.detach())
                 final = standardize(pixels.clamp(0, 1), self.mean, self.std)
@@ -236,7 +236,7 @@ class CMISynthesizer(Synthesizer):
             )
             terms: Dict[str, torch.Tensor] = {}
             for it in range(s.iterations):
-                counter = _flop_counter() if (count_flops and it == 0) else contextlib.nullcontext()
+                counter = flop_counter() if (count_flops and it == 0) else contextlib.nullcontext()
                 with counter:
                     pixels = self.generator(z)
                     view = self.teacher_view(standardize(pixels, self.mean, self.std))
@@ -250,7 +250,7 @@ class CMISynthesizer(Synthesizer):
                     optimizer.step()
                 if count_flops and it == 0:
                     flops_per_step = counter.get_total_flops()
-            counter = _flop_counter() if count_flops else contextlib.nullcontext()
+            counter = flop_counter() if count_flops else contextlib.nullcontext()
             with counter, torch.no_grad():
                 pixels = self.generator(z)
                 with self.statistics:

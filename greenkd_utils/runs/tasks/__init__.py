@@ -1,3 +1,1 @@
-"""The kinds of run, one module each; importing this package registers them with the lifecycle."""
-
-from greenkd_utils.runs.tasks import classification, data_free, detection, qat  # noqa: F401
+"""The built-in kinds of run, one module each (``runs.registry`` loads them on its first lookup)."""

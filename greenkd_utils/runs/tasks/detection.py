@@ -18,18 +18,15 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
 from greenkd_utils.core.augment import standardize
 from greenkd_utils.core.detection.batches import iterate_batches
 from greenkd_utils.core.detection.config import DetectionRunConfig
-from greenkd_utils.core.detection.data import (
-    DetectionDataset,
-    DetectionSplits,
-    load_detection_data,
-)
+from greenkd_utils.core.detection.data import load_detection_data
+from greenkd_utils.core.detection.dataset import DetectionDataset, DetectionSplits
 from greenkd_utils.core.detection.evaluation import DetectionMetrics, evaluate_model
 from greenkd_utils.core.detection.loss import anchor_distillation, ssd_loss
 from greenkd_utils.core.detection.models import SSDDetector, create_detector
@@ -41,10 +38,9 @@ from greenkd_utils.energy.flops import (
     train_step_flops,
 )
 from greenkd_utils.runs.device_data import VALIDATION_SPLIT_SEED
-from greenkd_utils.runs.execution import ExecutionPlan, make_optimizer, make_scheduler
-from greenkd_utils.runs.lifecycle import StudentTask, register_task, train
-from greenkd_utils.runs.record import RunResult
-from greenkd_utils.runs.store import RunStore
+from greenkd_utils.runs.execution import ExecutionPlan
+from greenkd_utils.runs.registry import register_task
+from greenkd_utils.runs.task import Batch, EpochTally, Evaluation, RunCounts, Task
 
 FLOP_DEFINITION = (
     "training FLOPs = images seen x (student forward + student backward) + teacher forwards that ran x "
@@ -120,7 +116,7 @@ def teacher_logits_for(teacher: SSDDetector, images_u8: torch.Tensor, mean, std,
 
 
 @register_task
-class DetectionTask(StudentTask):
+class DetectionTask(Task):
     """An SSD teacher or student (SSD's loss), or a KD student distilling the teacher's anchor logits.
 
     Options (never part of the config, since they do not change the weights): ``num_workers``, DataLoader
@@ -131,6 +127,11 @@ class DetectionTask(StudentTask):
     name = "detection"
     config_type = DetectionRunConfig
     flop_definition = FLOP_DEFINITION
+    caches_teacher_outputs = True
+    # The shuffling generator lives on the CPU: batches of boxes are assembled there anyway.
+    generator_on_cpu = True
+    # mAP takes longer than an epoch of the demo: after the last epoch, and every eval_every epochs if asked.
+    evaluates_every_epoch = False
 
     @classmethod
     def recognises(cls, config_dict: Dict[str, Any]) -> bool:
@@ -148,13 +149,17 @@ class DetectionTask(StudentTask):
         record["flops"] = flops
         return record
 
+    @classmethod
+    def build_model(cls, config: DetectionRunConfig, data: Dict[str, Any]) -> SSDDetector:
+        return build_model(config, data["num_classes"])
+
     def __init__(self, config: DetectionRunConfig, device, dependencies, store, data_root=None,
                  num_workers: int = 0, eval_every: int = 0, **options):
         super().__init__(config, device, dependencies, store, data_root, **options)
         self.num_workers, self.eval_every = int(num_workers), int(eval_every)
         self.data = prepare_detection_data(config, data_root)
 
-    def build(self, temperature) -> None:
+    def build(self) -> None:
         config, data, settings, device = self.config, self.data, self.config.train, self.device
         self.plan = plan = execution_plan(settings, device)
         self.model = plan.prepare_model(build_model(config, data.num_classes))
@@ -168,126 +173,82 @@ class DetectionTask(StudentTask):
         on_device = settings.augment != "ssd"
         self.train_images = data.train.images.to(device) if on_device else data.train.images
         self.train_targets = data.train.targets(range(len(data.train)), device if on_device else None)
-        self.optimizer = make_optimizer(self.model, settings, plan, temperature.parameters() if temperature is not None else ())
-        self.scheduler = make_scheduler(self.optimizer, self.steps_per_epoch, settings)
-        # The shuffling generator lives on the CPU: batches of boxes are assembled there anyway.
-        self.generator = torch.Generator().manual_seed(config.seed)
         shape = (3, config.image_size, config.image_size)
         self.per_image = (
             kd_step_flops(self.teacher, self.model, shape) if self.teacher is not None else train_step_flops(self.model, shape)
         )
         self.forward_per_image = forward_flops(self.model, shape)
-        self.cached_teacher_logits: Optional[torch.Tensor] = None
-        self.teacher_forwards = self.samples_seen = self.images_evaluated = 0
         self.final: Dict[str, Optional[DetectionMetrics]] = {}
 
     @property
     def steps_per_epoch(self) -> int:
         return max(len(self.data.train) // self.config.train.batch_size, 1)
 
-    # -- one step and one epoch ------------------------------------------------------------------
-    def _step(self, idx: torch.Tensor, images: torch.Tensor, targets, tau) -> torch.Tensor:
-        """One optimiser step; returns (total, localisation, classification, distillation) as a device tensor."""
-        x = self.plan.prepare_batch(standardize(images.float() / 255.0, self.mean, self.std))
+    @property
+    def augments(self) -> bool:
+        return self.config.train.augment != "none"
+
+    def teacher_outputs(self) -> torch.Tensor:
+        return teacher_logits_for(self.teacher, self.train_images, self.mean, self.std, self.plan)
+
+    # -- one step --------------------------------------------------------------------------------
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        for idx, images, targets in iterate_batches(self.data.train, self.config.train, self.generator, self.device,
+                                                    self.train_images, self.train_targets, self.num_workers):
+            yield Batch(images, index=idx, targets=targets)
+
+    def forward_train(self, batch: Batch, tau, teacher_outputs=None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        x = self.plan.prepare_batch(standardize(batch.inputs.float() / 255.0, self.mean, self.std))
         with self.plan.autocast():
             outputs = self.step_model(x)
-            teacher_logits = None
-            if self.cached_teacher_logits is not None:
-                teacher_logits = self.cached_teacher_logits[idx.to(self.device)]
-            elif self.teacher is not None:
+            teacher_logits = teacher_outputs
+            if teacher_logits is None and self.teacher is not None:
                 with torch.no_grad():
                     teacher_logits = self.teacher(x)["cls_logits"]
-                self.teacher_forwards += images.shape[0]
-        losses = ssd_loss(outputs, self.anchors, targets, self.model.box_coder, self.config.train.neg_pos_ratio)
-        loss, distill = losses.total, torch.zeros((), device=self.device)
+        losses = ssd_loss(outputs, self.anchors, batch.targets, self.model.box_coder, self.config.train.neg_pos_ratio)
+        terms = {"localisation": losses.localisation, "classification": losses.classification}
         if teacher_logits is not None:
-            distill = anchor_distillation(
+            terms["distillation"] = self.config.alpha * anchor_distillation(
                 self.config.loss, outputs["cls_logits"], teacher_logits, losses.used_anchors, tau,
                 self.config.kl_reduction, logit_standardization=self.config.logit_standardization,
             )
-            loss = loss + self.config.alpha * distill
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.train.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        return torch.stack([loss.detach(), losses.localisation.detach(), losses.classification.detach(), distill.detach()])
+        return outputs["cls_logits"], terms
 
-    def run_phase(self, phase: str, epoch: int, taus, on_step) -> Dict[str, Any]:
-        settings = self.config.train
-        self.model.train()
-        if self.teacher is not None and self.cached_teacher_logits is None and settings.augment == "none":
-            # Without augmentation the teacher sees the same images every epoch: one pass serves the run.
-            self.cached_teacher_logits = teacher_logits_for(self.teacher, self.train_images, self.mean, self.std, self.plan)
-            self.teacher_forwards += len(self.data.train)
-        sums, seen, steps = torch.zeros(4, device=self.device), 0, 0
-        batches = iterate_batches(
-            self.data.train, settings, self.generator, self.device, self.train_images, self.train_targets, self.num_workers
-        )
-        for step, (idx, images, targets) in enumerate(batches):
-            sums += self._step(idx, images, targets, taus[step] if taus is not None else None)
-            seen += images.shape[0]
-            steps += 1
-            on_step(1)
-        self.samples_seen += seen
-        total, localisation, classification, distillation = (sums / max(steps, 1)).tolist()
-        return {"train_loss": total, "localisation_loss": localisation, "classification_loss": classification,
-                "distillation_loss": distillation, "seen": seen}
+    def summarise_epoch(self, tally: EpochTally) -> Dict[str, Any]:
+        """Mean losses per step; ``distillation_loss`` is the weighted term (alpha x D) added to SSD's loss."""
+        means = tally.term_means()
+        return {"train_loss": sum(means.values()), "localisation_loss": means["localisation"],
+                "classification_loss": means["classification"], "distillation_loss": means.get("distillation", 0.0)}
 
+    # -- evaluation ------------------------------------------------------------------------------
     def _evaluate(self, dataset: DetectionDataset) -> DetectionMetrics:
-        self.images_evaluated += len(dataset)
         return evaluate_model(self.model, dataset, self.mean, self.std, self.device, plan=self.plan)
 
-    evaluates_every_epoch = False
-
-    def evaluate(self, epoch: int, last: bool) -> Dict[str, Any]:
-        # mAP takes longer than an epoch of the demo: after the last epoch, and every eval_every epochs if asked.
+    def evaluate(self, epoch: int, last: bool) -> Evaluation:
         has_val = len(self.data.val) > 0
         if last:
             self.final = {"val": self._evaluate(self.data.val) if has_val else None, "test": self._evaluate(self.data.test)}
             val = self.final["val"]
-            return {"val_map_pct": val.map_pct if val is not None else float("nan"), "test_map_pct": self.final["test"].map_pct}
+            return Evaluation({"val_map_pct": val.map_pct if val is not None else float("nan"),
+                               "test_map_pct": self.final["test"].map_pct},
+                              len(self.data.test) + (len(self.data.val) if has_val else 0))
         if self.eval_every and (epoch + 1) % self.eval_every == 0 and has_val:
-            return {"val_map_pct": self._evaluate(self.data.val).map_pct}
-        return {}
+            return Evaluation({"val_map_pct": self._evaluate(self.data.val).map_pct}, len(self.data.val))
+        return Evaluation({})
 
-    def finish(self, run_dir: Path) -> Dict[str, Any]:
+    def finish(self, run_dir: Path) -> Evaluation:
+        images = 0
         if not self.final:  # resumed after the last epoch's checkpoint: its evaluation is not in memory
-            self.evaluate(self.epochs - 1, last=True)
+            images = self.evaluate(self.epochs - 1, last=True).images
         test, val = self.final["test"], self.final["val"]
-        return {
+        return Evaluation({
             "test_accuracy": test.map_pct,
             "val_accuracy": val.map_pct if val is not None else float("nan"),
             "test_map_pct": test.map_pct,
             "val_map_pct": val.map_pct if val is not None else float("nan"),
             "test_metrics": test.to_dict(),
-        }
+        }, images)
 
-    def flops(self) -> Dict[str, Any]:
-        counted = student_run_flops(self.per_image, self.samples_seen, self.images_evaluated, self.teacher_forwards,
-                                    forward_per_image=self.forward_per_image)
-        return {**counted, "teacher_outputs_reused": self.cached_teacher_logits is not None}
-
-
-    def describe_data(self) -> Dict[str, Any]:
-        return self.data.describe()
-
-
-
-    @classmethod
-    def load_model(cls, result: RunResult, store: RunStore, device="cpu") -> SSDDetector:
-        model = build_model(result.config, result.data["num_classes"])
-        model.load_state_dict(store.load_state_dict(result.config))
-        return model.to(device).eval()
-
-
-def train_detection_run(config: DetectionRunConfig, store: RunStore, device="auto", data_root=None,
-                        progress: bool = True, num_workers: int = 0, eval_every: int = 0) -> RunResult:
-    """Load ``config``'s finished run from ``store``, or train it (and its teacher, once).
-
-    ``num_workers``: DataLoader workers for the ``ssd`` augmentation. ``eval_every``: also record the
-    validation mAP in the history every that many epochs (0: only after the last epoch).
-    """
-    return train(config, store, device=device, data_root=data_root, progress=progress,
-                 num_workers=num_workers, eval_every=eval_every)
+    def flops(self, counts: RunCounts) -> Dict[str, Any]:
+        return student_run_flops(self.per_image, counts.samples_seen, counts.images_evaluated, counts.teacher_forwards,
+                                 forward_per_image=self.forward_per_image)

@@ -1,4 +1,4 @@
-"""Tests for greenkd_utils.runs.tasks.classification (training, resuming, the result record) and greenkd_utils.core.augment.
+"""Tests for greenkd_utils.runs.tasks.classification: training, resuming and the result record of classification runs.
 
 The headline test trains a teacher, a student and a stochastic-tau HKD student
 on the whole of scikit-learn's digits on the CPU in a few seconds.
@@ -21,11 +21,13 @@ from greenkd_utils.core.config import (
     TemperatureSpec,
     TrainSettings,
 )
-from greenkd_utils.energy.meter import SOURCES
+from greenkd_utils.energy.report import SOURCES
 from greenkd_utils.runs import lifecycle
+from greenkd_utils.runs.device_data import accuracy_tensor, prepare_data, steps_per_epoch
+from greenkd_utils.runs.record import RunResult
 from greenkd_utils.runs.store import CHECKPOINT_FILE, RunStore
-from greenkd_utils.runs.tasks import classification as engine
-from greenkd_utils.runs.tasks.classification import RunResult, train_run
+from greenkd_utils.runs.tasks import classification
+from greenkd_utils.runs.lifecycle import train as train_run
 from greenkd_utils.settings.profiles import load_profile
 
 # Small enough for ~10 s on one core, large enough for the KD student to learn digits well.
@@ -109,8 +111,8 @@ def test_loaded_model_reproduces_the_recorded_accuracy(headline):
     store = headline["store"]
     model = kd.load_model(store)
     assert not model.training
-    data = engine.prepare_data(kd.config, torch.device("cpu"))
-    acc = float(engine.accuracy_tensor(model, *data.test, data.mean, data.std))
+    data = prepare_data(kd.config, torch.device("cpu"))
+    acc = float(accuracy_tensor(model, *data.test, data.mean, data.std))
     assert acc == pytest.approx(kd.test_accuracy, abs=1e-4)
 
 
@@ -134,7 +136,7 @@ def _check_record(result: RunResult, config: RunConfig):
     flops = result.flops
     settings = config.train
     n_train = result.data["n_train"]
-    steps = engine.steps_per_epoch(n_train, settings.batch_size)
+    steps = steps_per_epoch(n_train, settings.batch_size)
     assert flops["samples_seen"] == settings.epochs * steps * min(settings.batch_size, n_train)
     assert flops["samples_seen"] == result.history[-1]["samples_seen"]
     per_sample = flops["per_sample"]
@@ -170,7 +172,7 @@ def test_record_of_teacher_student_and_stochastic_kd(headline):
     assert runs["teacher"].tau == {"mode": None}
     assert runs["student"].tau == {"mode": None}
     tau = runs["kd"].tau
-    steps = engine.steps_per_epoch(runs["kd"].data["n_train"], configs["kd"].train.batch_size)
+    steps = steps_per_epoch(runs["kd"].data["n_train"], configs["kd"].train.batch_size)
     assert tau["count"] == configs["kd"].train.epochs * steps  # one tau per batch
     assert sum(tau["histogram_counts"]) == tau["count"]
     assert tau["histogram_edges"][0] == 2.0 and tau["histogram_edges"][-1] == 20.0
@@ -205,7 +207,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, augment):
         epochs=2, milestones=(1,), augment=augment,
     )
     assert (config.train.epochs, config.train.milestones, config.train.warmup_epochs) == (2, (1,), 1)
-    # Without augmentation the engine computes the teacher's logits once: another code path to resume.
+    # Without augmentation the task computes the teacher's logits once: another code path to resume.
     assert BatchAugment(config.train.augment).is_identity == (augment["crop_padding"] == 0)
 
     # The uninterrupted run.
@@ -216,7 +218,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, augment):
     store_b = RunStore(tmp_path / "b")
     shutil.copytree(store_a.run_dir(config.teacher), store_b.run_dir(config.teacher))
     run_dir = store_b.run_dir(config)
-    real_objective = engine.objective
+    real_objective = classification.objective
     calls = []
 
     def interrupting(*args, **kwargs):
@@ -225,11 +227,11 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, augment):
         calls.append(1)
         return real_objective(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "objective", interrupting)
+    monkeypatch.setattr(classification, "objective", interrupting)
     with pytest.raises(KeyboardInterrupt):
         train_run(config, store_b, device="cpu", progress=False)
     steps = len(calls)
-    assert steps == engine.steps_per_epoch(straight.data["n_train"], config.train.batch_size)
+    assert steps == steps_per_epoch(straight.data["n_train"], config.train.batch_size)
     assert not store_b.is_finished(config)
     checkpoint = RunStore.load_checkpoint(run_dir)
     assert checkpoint is not None and checkpoint["epoch"] == 0 and len(checkpoint["history"]) == 1
@@ -241,7 +243,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, augment):
         counted.append(1)
         return real_objective(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "objective", counting)
+    monkeypatch.setattr(classification, "objective", counting)
     resumed = train_run(config, store_b, device="cpu", progress=False)
     assert len(counted) == steps
     assert not (run_dir / CHECKPOINT_FILE).exists()
@@ -289,8 +291,8 @@ def test_run_interrupted_after_its_last_checkpoint_finishes_without_training(sto
     assert not store.is_finished(config)
 
     calls = []
-    real_objective = engine.objective
-    monkeypatch.setattr(engine, "objective", lambda *a, **k: calls.append(1) or real_objective(*a, **k))
+    real_objective = classification.objective
+    monkeypatch.setattr(classification, "objective", lambda *a, **k: calls.append(1) or real_objective(*a, **k))
     result = train_run(config, store, device="cpu", progress=False)
     assert calls == []
     assert result.history == checkpoint["history"]
@@ -298,89 +300,3 @@ def test_run_interrupted_after_its_last_checkpoint_finishes_without_training(sto
     weights = store.load_state_dict(config)
     for name, tensor in checkpoint["task"]["model"].items():
         assert torch.equal(weights[name], tensor), name
-
-
-# --------------------------------------------------------------------------- (d) BatchAugment
-
-
-def _images(n=32, c=3, size=8, seed=0, dtype=torch.float32):
-    return torch.rand(n, c, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def _shifted(image, dx, dy, pad):
-    """out[:, y, x] = image[:, y + dy, x + dx], zero outside: a window of the zero-padded image."""
-    c, h, w = image.shape
-    padded = torch.zeros(c, h + 2 * pad, w + 2 * pad, dtype=image.dtype)
-    padded[:, pad : pad + h, pad : pad + w] = image
-    return padded[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
-
-
-def test_identity_settings_return_the_input():
-    aug = BatchAugment(AugmentSettings(crop_padding=0, flip=False, rotation_deg=0.0))
-    assert aug.is_identity
-    x = _images()
-    g = torch.Generator().manual_seed(0)
-    state = g.get_state()
-    assert torch.equal(aug(x, g), x)
-    assert torch.equal(g.get_state(), state)  # and no random numbers consumed
-
-
-@pytest.mark.parametrize("size", [8, 16, 28])
-def test_crop_moves_pixels_by_whole_pixels_exactly(size):
-    pad = 2
-    aug = BatchAugment(AugmentSettings(crop_padding=pad, flip=False, rotation_deg=0.0))
-    x = _images(n=24, size=size, seed=size)
-    out = aug(x, torch.Generator().manual_seed(1))
-    allowed = set(x.flatten().tolist()) | {0.0}
-    assert set(out.flatten().tolist()) <= allowed
-    offsets = set()
-    for i in range(x.shape[0]):
-        matches = [
-            (dx, dy)
-            for dx in range(-pad, pad + 1)
-            for dy in range(-pad, pad + 1)
-            if torch.equal(out[i], _shifted(x[i], dx, dy, pad))
-        ]
-        assert matches, f"image {i} is not an exact whole-pixel shift of its input"
-        offsets.add(matches[0])
-    assert len(offsets) > 3  # the shifts are random, not one constant
-
-
-def test_flip_flips():
-    aug = BatchAugment(AugmentSettings(crop_padding=0, flip=True, rotation_deg=0.0))
-    x = _images(n=64)
-    out = aug(x, torch.Generator().manual_seed(0))
-    flipped = [torch.equal(out[i], x[i].flip(2)) for i in range(64)]
-    kept = [torch.equal(out[i], x[i]) for i in range(64)]
-    assert all(f or k for f, k in zip(flipped, kept))
-    assert 10 < sum(flipped) < 54  # about half of them
-    # A horizontal flip: columns reversed, rows unchanged.
-    i = flipped.index(True)
-    assert torch.equal(out[i][:, :, 0], x[i][:, :, -1]) and torch.equal(out[i][:, 0, :], x[i][:, 0, :].flip(-1))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_full_augmentation_keeps_shape_dtype_and_range(dtype):
-    aug = BatchAugment(AugmentSettings(crop_padding=4, flip=True, rotation_deg=15.0))
-    x = _images(n=16, size=32, dtype=dtype)
-    out = aug(x, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and out.dtype == dtype
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6
-    assert not torch.equal(out, x)
-    # Rotation interpolates: not all values are copies of input pixels any more.
-    assert not set(out.flatten().tolist()) <= set(x.flatten().tolist()) | {0.0}
-
-
-@pytest.mark.parametrize("settings", [
-    AugmentSettings(crop_padding=1, flip=False, rotation_deg=0.0),
-    AugmentSettings(crop_padding=4, flip=True, rotation_deg=15.0),
-])
-def test_augmentation_is_deterministic_given_the_generator(settings):
-    aug = BatchAugment(settings)
-    x = _images(n=16, size=16)
-    a = aug(x, torch.Generator().manual_seed(5))
-    b = aug(x, torch.Generator().manual_seed(5))
-    c = aug(x, torch.Generator().manual_seed(6))
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
-    assert torch.equal(x, _images(n=16, size=16))  # the input is not modified in place

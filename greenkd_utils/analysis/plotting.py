@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterable, List
 
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 
 # One colour per method, kept across every figure so a reader learns them once.
@@ -57,8 +58,6 @@ def plot_cost_and_accuracy(table, group: str, title: str, methods: Iterable[str]
 
     ``group`` is the column whose values become the x-axis groups (e.g. "dataset" or "loss").
     """
-    import numpy as np
-
     use_style()
     methods = list(methods or dict.fromkeys(table["method"]))
     groups = list(dict.fromkeys(table[group]))
@@ -91,8 +90,6 @@ def plot_tau_and_batch_size(tau_table, batch_table, title: str):
     """Figure 3: (a) test accuracy per fixed tau, the tuned result (tau chosen on validation) as a dashed
     line and the stochastic run as a band (mean +- std over seeds); (b) stochastic-tau accuracy per batch
     size. Both x-axes are log2 when the values span 8x or more."""
-    import numpy as np
-
     use_style()
     fig, (ax_tau, ax_batch) = plt.subplots(1, 2, figsize=(11, 4))
     fixed = tau_table[tau_table["temperature"] == "fixed"].sort_values("tau")
@@ -145,8 +142,6 @@ def add_verdict(fig, sentence: str) -> None:
 
 def figure_and_axes(axes=None, ncols: int = 2, figsize=(9, 3.4)):
     """``(fig, axes)``: a new row of ``ncols`` axes in the kit's style, or the figure of the ``axes`` given."""
-    import matplotlib.pyplot as plt
-
     use_style()
     if axes is None:
         return plt.subplots(1, ncols, figsize=figsize)

@@ -1,5 +1,6 @@
-"""Checks of numeric settings shared by the run configs, the temperature schedules and the energy meter, so
-that a bad value is refused by name, with what the setting accepts, before anything trains.
+"""Checks of numeric settings shared by the energy meter, the temperature schedules and the run configs, so
+that a bad value is refused by name, with what the setting accepts, before anything trains. They live in the
+bottom layer because the meter checks its PUE and carbon intensity with them.
 
 They take a value as given. The notebooks' knobs (:mod:`greenkd_utils.settings.knobs`) first read the text papermill
 passes (``"3"`` becomes 3) and then arrive here with real numbers; in code, a string, a bool or 2.5 where a

@@ -1,10 +1,12 @@
-"""Tests for greenkd_utils.paper.figure1_carbon_curves: per-epoch cost curves from a run's history."""
+"""Tests for greenkd_utils.paper.figure1_carbon_curves: per-epoch cost curves from a run's history, and the
+teacher's inference cost beside the paper's."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from greenkd_utils.paper import figure1_carbon_curves as curves
@@ -48,3 +50,17 @@ def test_empty_history_and_unknown_method_are_errors():
         curves.curve_from_history([], 1.67, 294)
     with pytest.raises(ValueError, match="valid: teacher"):
         curves.training_curves(None, "digits", 0, methods=("qat",))
+
+
+def test_inference_compared_with_the_paper_uses_the_teachers_row():
+    costs = pd.DataFrame([{"method": "teacher", "model": "resnet18", "time_per_pass_s": 0.47, "co2_g_per_pass": 0.0087,
+                           "n_images": 1000, "energy_source": "estimated", "device": "cpu"}])
+    table = curves.compare_inference_with_paper(costs)
+    by_metric = table.set_index("metric")
+    assert by_metric.loc["inference_time_s", "paper_per_pass"] == 4.7
+    assert by_metric.loc["inference_co2_g", "paper_per_pass"] == 0.087
+    assert by_metric.loc["inference_time_s", "ratio_per_pass"] == pytest.approx(0.1)
+    # 0.47 s / 1000 images vs 4.7 s / 10000 images: the same per image.
+    assert by_metric.loc["inference_time_s", "ratio_per_image"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="teacher"):
+        curves.compare_inference_with_paper(costs.assign(method="student"))

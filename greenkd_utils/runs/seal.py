@@ -1,0 +1,96 @@
+"""The seal of a finished run: SHA-256 digests of its record and files, written once and checked on every read.
+
+A finished run's ``result.json`` carries a field ``integrity`` with
+
+- ``key``: the run key of the folder it was written for,
+- ``files``: the SHA-256 of every other file in the run folder (weights, samples, ``config.json``), except
+  the files kept only to continue training and temporary files,
+- ``record``: the SHA-256 of the record's canonical JSON (sorted keys, no spaces) with the ``integrity``
+  field in it minus this ``record`` entry,
+
+all in the one atomic write of ``result.json``. A record names another run when its ``key``, its config's
+hash or the seal's ``key`` is not the folder's; it fails its seal when its record digest differs (an edited
+number) or a sealed file is missing or fails its digest (flipped or truncated bytes). The checks here only
+read; :class:`~greenkd_utils.runs.store.RunStore` decides what to do with a run that fails them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from greenkd_utils.core.config import config_key
+
+INTEGRITY_FIELD = "integrity"
+DIGEST_ALGORITHM = "sha256"
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _record_digest(record: Dict[str, Any], seal: Dict[str, Any]) -> str:
+    unsigned = {k: v for k, v in seal.items() if k != "record"}
+    return hashlib.sha256(_canonical({**record, INTEGRITY_FIELD: unsigned})).hexdigest()
+
+
+def sealed_record(key: str, run_dir: Path, file_names: Sequence[str], record: Dict[str, Any]) -> Dict[str, Any]:
+    """``record`` as JSON gives it back, with its seal over itself and the files ``file_names`` of ``run_dir``."""
+    # The digest is taken over the record as JSON gives it back, so that a reader recomputes the same bytes.
+    stored = json.loads(json.dumps(record, default=str))
+    seal: Dict[str, Any] = {
+        "algorithm": DIGEST_ALGORITHM,
+        "key": key,
+        "files": {name: sha256_file(run_dir / name) for name in file_names},
+    }
+    seal["record"] = _record_digest(stored, seal)
+    return {**stored, INTEGRITY_FIELD: seal}
+
+
+def identity_problem(key: str, path: Path, record: Dict[str, Any]) -> Optional[str]:
+    """Why the record read from ``path`` is not the record of run ``key`` (None when it is)."""
+    if "key" in record and record["key"] != key:
+        return (f"{path} is the record of run {record['key']}, not of this folder's run {key} "
+                f"(copied from another run?)")
+    if "config" in record:
+        try:
+            recorded = config_key(record["config"])
+        except (TypeError, ValueError):
+            recorded = None
+        if recorded != key:
+            return f"{path} holds a config that is not this folder's run {key} (copied or edited?)"
+    return None
+
+
+def seal_problem(key: str, run_dir: Path, path: Path, record: Dict[str, Any], seal: Any) -> Optional[str]:
+    """Why ``record`` (read from ``path``, without its seal) and the files of ``run_dir`` fail ``seal``
+    (None when they pass)."""
+    if not (isinstance(seal, dict) and isinstance(seal.get("files"), dict) and isinstance(seal.get("record"), str)):
+        return f"{path} has a damaged {INTEGRITY_FIELD!r} field"
+    if seal.get("key") != key:
+        return (f"{path} was sealed for run {seal.get('key')}, not for this folder's run {key} "
+                f"(copied from another run?)")
+    if _record_digest(record, seal) != seal["record"]:
+        return f"{path} was changed after the run finished (its SHA-256 does not match the seal)"
+    for name, expected in seal["files"].items():
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            return f"{path} seals a file outside its run folder ({name!r})"
+        file = run_dir / relative
+        if not file.is_file():
+            return f"{file} is missing from the finished run"
+        if sha256_file(file) != expected:
+            return f"{file} does not match the SHA-256 recorded when the run finished (damaged or changed)"
+    return None
