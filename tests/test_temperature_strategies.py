@@ -40,6 +40,8 @@ from greenkd_utils.runs.successive_halving import (
 )
 from greenkd_utils.runs.sweep import tuned_sweep
 from greenkd_utils.runs.tasks import classification as engine
+from greenkd_utils.runs.device_data import steps_per_epoch
+from greenkd_utils.runs.execution import lr_factor
 from greenkd_utils.runs.lifecycle import train as train_run
 from greenkd_utils.runs.record import RunResult
 from greenkd_utils.settings.profiles import load_profile
@@ -285,7 +287,7 @@ def test_per_sample_taus_reach_the_loss_one_per_sample(smoke, store):
     np.testing.assert_allclose(epoch[2].numpy(), epoch.values()[2], rtol=1e-6)
     config = smoke.kd_config("digits", 0, "hkd", TemperatureSpec.stochastic_per_sample())
     run = train_run(config, store, device="cpu", progress=False)
-    steps = engine.steps_per_epoch(run.data["n_train"], config.train.batch_size)
+    steps = steps_per_epoch(run.data["n_train"], config.train.batch_size)
     assert run.tau["mode"] == "stochastic_per_sample"
     assert run.tau["count"] == config.train.epochs * steps * config.train.batch_size
     assert all(2.0 <= h["tau_min"] < h["tau_max"] <= 20.0 for h in run.history)
@@ -397,7 +399,7 @@ def test_ctkd_run_resumes_exactly_and_records_tau_per_epoch(tmp_path, monkeypatc
         train_run(config, store_b, device="cpu", progress=False)
     checkpoint = RunStore.load_checkpoint(run_dir)
     assert checkpoint["temperature"]["param"].shape == (1,)
-    assert len(checkpoint["task"]["optimizer"]["param_groups"][0]["params"]) == len(list(
+    assert len(checkpoint["steps"]["optimizer"]["param_groups"][0]["params"]) == len(list(
         straight.load_model(store_a).parameters())) + 1  # the temperature trains in the student's optimiser
 
     monkeypatch.setattr(engine, "objective", real_objective)
@@ -479,7 +481,7 @@ def test_truncated_runs_have_their_own_key_and_the_schedule_of_the_full_run(smok
     assert short.train.epochs == 2 and short.train.milestones == full.train.milestones
     assert short.key != full.key and truncated(full, 8) == full
     for step in range(2 * 5):
-        assert engine.lr_factor(step, 5, short.train) == engine.lr_factor(step, 5, full.train)
+        assert lr_factor(step, 5, short.train) == lr_factor(step, 5, full.train)
     with pytest.raises(ValueError, match="1 <= epochs <= 8"):
         truncated(full, 9)
 

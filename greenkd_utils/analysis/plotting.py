@@ -53,6 +53,11 @@ def label_all(methods: Iterable[str]) -> List[str]:
     return [method_label(m) for m in methods]
 
 
+def energy_sources(table) -> List[str]:
+    """The energy sources behind a table's rows, each once (a row over several runs joins its sources with '/')."""
+    return sorted(set("/".join(table["energy_source"]).split("/")))
+
+
 def plot_cost_and_accuracy(table, group: str, title: str, methods: Iterable[str] | None = None):
     """Two panels per table: CO2eq per seed (log scale) and test accuracy (mean +- std over seeds).
 
@@ -72,7 +77,7 @@ def plot_cost_and_accuracy(table, group: str, title: str, methods: Iterable[str]
         offset = x + (i - (len(methods) - 1) / 2) * width
         ax_co2.bar(offset, co2, width, color=method_color(method), label=method_label(method))
         ax_acc.bar(offset, acc, width, yerr=std, capsize=3, color=method_color(method), label=method_label(method))
-    source = "/".join(sorted(set("/".join(table["energy_source"]).split("/"))))
+    source = "/".join(energy_sources(table))
     ax_co2.set_yscale("log")
     ax_co2.set_ylabel(f"CO$_2$eq per seed (g, {source})")
     ax_acc.set_ylabel("test accuracy (%)")

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
 
-VERDICTS = ("equivalent", "better", "worse", "inconclusive")
 DEFAULT_MARGIN_PCT = 1.0
 CONFIDENCE = 0.95
+VERDICTS = ("equivalent", "better", "worse", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -91,26 +91,31 @@ def paired_verdict(
             f"paired accuracies need the same non-empty list of seeds on both sides; got {tuned.size} tuned "
             f"and {stochastic.size} stochastic values"
         )
-    difference = stochastic - tuned
-    mean = float(difference.mean())
-    if difference.size < 2:
-        low = high = float("nan")
-    elif np.allclose(difference, difference[0]):
-        # No spread: the t interval degenerates to the point itself (scipy would return NaN).
-        low = high = mean
-    else:
-        interval = stats.ttest_rel(stochastic, tuned).confidence_interval(confidence_level=CONFIDENCE)
-        low, high = float(interval.low), float(interval.high)
+    low, high = paired_interval(tuned, stochastic)
     return PairedVerdict(
-        n_seeds=int(difference.size),
+        n_seeds=int(tuned.size),
         tuned_mean_pct=float(tuned.mean()),
         stochastic_mean_pct=float(stochastic.mean()),
-        difference_pct=mean,
+        difference_pct=float((stochastic - tuned).mean()),
         ci_low_pct=low,
         ci_high_pct=high,
         margin_pct=margin,
         verdict=classify(low, high, margin),
     )
+
+
+def paired_interval(tuned: np.ndarray, stochastic: np.ndarray) -> Tuple[float, float]:
+    """The 95% t interval of the mean per-seed difference (stochastic - tuned); NaN bounds with fewer than two
+    seeds."""
+    difference = stochastic - tuned
+    if difference.size < 2:
+        return float("nan"), float("nan")
+    if np.allclose(difference, difference[0]):
+        # No spread: the t interval degenerates to the point itself (scipy would return NaN).
+        mean = float(difference.mean())
+        return mean, mean
+    interval = stats.ttest_rel(stochastic, tuned).confidence_interval(confidence_level=CONFIDENCE)
+    return float(interval.low), float(interval.high)
 
 
 def expected_half_width(sd_difference: float, n_seeds: int, confidence: float = CONFIDENCE) -> float:

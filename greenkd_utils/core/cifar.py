@@ -10,14 +10,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from greenkd_utils.core.dataset_sources import (
-    SOURCES,
     DatasetNotFoundError,
     PathLike,
     damaged_error,
     how_to_get,
     incomplete_error,
-    missing_folder_error,
-    resolve_root,
+    source_folder,
 )
 from greenkd_utils.core.image_dataset import ImageDataset, dataset_from_arrays
 
@@ -109,20 +107,9 @@ def _download_cifar(name: str, root: Path) -> None:
         ) from error
 
 
-def _cifar_folder(name: str, root: Optional[PathLike], download: bool) -> Tuple[Path, Path]:
-    """The resolved data root and the extracted CIFAR folder, downloading if asked."""
-    root_path = resolve_root(name, root)
-    folder = root_path / SOURCES[name].folder
-    if not folder.is_dir() and download:
-        _download_cifar(name, root_path)
-    if not folder.is_dir():
-        raise missing_folder_error(name, root_path, folder)
-    return root_path, folder
-
-
 def load_cifar10(root: Optional[PathLike], download: bool) -> ImageDataset:
     """CIFAR-10 from ``{root}/cifar-10-batches-py/`` (50000 train, 10000 test)."""
-    root_path, folder = _cifar_folder("cifar10", root, download)
+    root_path, folder = source_folder("cifar10", root, download, _download_cifar)
     train = [_read_batch("cifar10", root_path, folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
     test_images, test_labels = _read_batch("cifar10", root_path, folder / "test_batch", "labels")
     meta = _unpickle("cifar10", root_path, folder / "batches.meta", "label_names")
@@ -139,7 +126,7 @@ def load_cifar10(root: Optional[PathLike], download: bool) -> ImageDataset:
 
 def load_cifar100(root: Optional[PathLike], download: bool) -> ImageDataset:
     """CIFAR-100 from ``{root}/cifar-100-python/`` with the 100 fine labels."""
-    root_path, folder = _cifar_folder("cifar100", root, download)
+    root_path, folder = source_folder("cifar100", root, download, _download_cifar)
     train_images, train_labels = _read_batch("cifar100", root_path, folder / "train", "fine_labels")
     test_images, test_labels = _read_batch("cifar100", root_path, folder / "test", "fine_labels")
     meta = _unpickle("cifar100", root_path, folder / "meta", "fine_label_names")

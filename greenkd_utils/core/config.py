@@ -14,7 +14,7 @@ import hashlib
 import json
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from greenkd_utils.energy.checks import real_number, whole_number
 from greenkd_utils.core.data import DATASETS
@@ -48,6 +48,12 @@ def nested(obj, name: str, cls) -> None:
     value = getattr(obj, name)
     if isinstance(value, dict):
         object.__setattr__(obj, name, cls.from_dict(value) if hasattr(cls, "from_dict") else cls(**value))
+
+
+def one_of(what: str, value: Any, valid: Iterable[str]) -> None:
+    """Refuse a ``value`` that is not among the ``valid`` names, saying which are."""
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
 def store_floats(obj, *names: str) -> None:
@@ -99,6 +105,11 @@ class StoredConfig:
     def key(self) -> str:
         return config_key(self.to_dict())
 
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]):
+        """The config of a :meth:`to_dict` dict, whose nested configs ``__post_init__`` builds."""
+        return cls(**d)
+
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
@@ -126,13 +137,13 @@ class TrainSettings:
     """Optimiser, schedule and augmentation. Defaults are the paper profile's (docs/protocol.md)."""
 
     epochs: int = 100
-    batch_size: int = 128
-    lr: float = 0.1
+    batch_size: int = 128  # images per step; each epoch drops its last partial batch
+    lr: float = 0.1  # the peak, reached at the end of the warm-up
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    milestones: Tuple[int, ...] = (40, 60, 80)
+    milestones: Tuple[int, ...] = (40, 60, 80)  # from each (0-based) epoch on, lr is multiplied by lr_decay once more
     lr_decay: float = 0.2
-    warmup_epochs: int = 1
+    warmup_epochs: int = 1  # lr rises linearly, step by step, over these epochs (0: no warm-up)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     # bf16 autocast, channels_last, fused optimiser on CUDA (see runs.execution.ExecutionPlan).
     fast: bool = False
@@ -165,8 +176,7 @@ class TemperatureSpec:
 
     def __post_init__(self):
         store_floats(self, "tau", "low", "high")
-        if self.mode not in TEMPERATURE_MODES:
-            raise ValueError(f"unknown temperature mode {self.mode!r}; valid: {', '.join(TEMPERATURE_MODES)}")
+        one_of("temperature mode", self.mode, TEMPERATURE_MODES)
         if self.mode == "fixed":
             try:
                 real_number("tau", self.tau, above=0)
@@ -237,20 +247,23 @@ class DistillSpec:
     # Z-score teacher and student logits per sample before the softened softmax (Sun et al., CVPR 2024).
     logit_standardization: bool = False
 
-    @staticmethod
-    def nested_from_dict(d: Dict[str, Any], teacher_type) -> Dict[str, Any]:
-        """A stored config dict with its temperature and teacher (a ``teacher_type``) as objects."""
-        if isinstance(d.get("temperature"), dict):
-            d["temperature"] = TemperatureSpec(**d["temperature"])
-        if isinstance(d.get("teacher"), dict):
-            d["teacher"] = teacher_type.from_dict(d["teacher"])
-        return d
+    def build_nested(self, teacher_type, **types) -> None:
+        """Build the nested configs that arrived as dicts (read from JSON or YAML): the fields named in ``types``
+        (as ``field=class``), then the temperature and the teacher (a ``teacher_type``)."""
+        for name, cls in (*types.items(), ("temperature", TemperatureSpec), ("teacher", teacher_type)):
+            nested(self, name, cls)
 
     @property
     def kd_name(self) -> str:
         """What names a KD run's folder: teacher-to-student, loss, tau and "ls" for logit standardization."""
         tau = self.temperature.short().replace("~", "").replace("[", "").replace("]", "")
         return "_".join([f"{self.teacher.model}-to-{self.model}", self.loss, tau] + (["ls"] if self.logit_standardization else []))
+
+    @property
+    def name(self) -> str:
+        """Readable folder/progress-bar name: role, dataset, the model (a KD run's :attr:`kd_name`) and seed;
+        the key keeps it unique."""
+        return f"{self.role}_{self.dataset}_{self.kd_name if self.role == 'kd' else self.model}_s{self.seed}"
 
     @property
     def distils(self) -> bool:
@@ -265,8 +278,7 @@ class DistillSpec:
         store_floats(self, "alpha")
         real_number("alpha", self.alpha, at_least=0, at_most=1)
         if distils:
-            if self.loss not in KD_LOSSES:
-                raise ValueError(f"unknown KD loss {self.loss!r}; valid: {', '.join(sorted(KD_LOSSES))}")
+            one_of("KD loss", self.loss, sorted(KD_LOSSES))
             if self.temperature is None or self.teacher is None:
                 raise ValueError("a KD run needs a temperature and a teacher config")
             if any(getattr(self, f) != getattr(self.teacher, f) for f in shared_with_teacher):
@@ -277,8 +289,7 @@ class DistillSpec:
                              f"(loss={plain_loss!r}); got {self.loss!r}")
         elif self.logit_standardization:
             raise ValueError(f"logit standardization applies to KD runs only; got role {getattr(self, 'role', None)!r}")
-        if self.kl_reduction not in KL_REDUCTIONS:
-            raise ValueError(f"unknown kl_reduction {self.kl_reduction!r}; valid: {', '.join(KL_REDUCTIONS)}")
+        one_of("kl_reduction", self.kl_reduction, KL_REDUCTIONS)
 
 
 def check_val_fraction(value: float) -> None:
@@ -299,7 +310,7 @@ class RunConfig(DistillSpec, StoredConfig):
 
     role: str
     dataset: str
-    model: str
+    model: str  # a registered model (core.models.MODELS) or "timm:<name>"
     seed: int = 0
     train: TrainSettings = field(default_factory=TrainSettings)
     profile: str = "paper"
@@ -311,9 +322,9 @@ class RunConfig(DistillSpec, StoredConfig):
     test_subset: Optional[int] = None
 
     def __post_init__(self):
+        self.build_nested(RunConfig, train=TrainSettings)
         store_floats(self, "val_fraction")
-        if self.role not in ROLES:
-            raise ValueError(f"unknown role {self.role!r}; valid: {', '.join(ROLES)}")
+        one_of("role", self.role, ROLES)
         check_dataset_and_model(self.dataset, self.model)
         object.__setattr__(self, "seed", whole_number("seed", self.seed, 0))
         for name in ("train_subset", "test_subset"):
@@ -322,16 +333,4 @@ class RunConfig(DistillSpec, StoredConfig):
         self.check_distillation(self.role == "kd", "ce", "cross-entropy", shared_with_teacher=("dataset",),
                                 mismatch="the teacher must be trained on the same dataset as the student")
         check_val_fraction(self.val_fraction)
-
-    # -- identity -------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
-        d = dict(d)
-        d["train"] = TrainSettings(**d["train"]) if isinstance(d.get("train"), dict) else d.get("train")
-        return cls(**cls.nested_from_dict(d, cls))
-
-    @property
-    def name(self) -> str:
-        """Readable folder/progress-bar name; the key keeps it unique."""
-        return f"{self.role}_{self.dataset}_{self.kd_name if self.role == 'kd' else self.model}_s{self.seed}"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 #: Environment variable consulted when ``load_dataset`` gets no ``root``.
 DATA_ROOT_ENV = "GREENKD_DATA_ROOT"
@@ -64,17 +64,38 @@ def how_to_get(name: str, root_text: str) -> str:
     return text
 
 
-def resolve_root(name: str, root: Optional[PathLike]) -> Path:
-    """The data root: the argument, else $GREENKD_DATA_ROOT, else a clear error."""
+def data_root(root: Optional[PathLike], none_given: str) -> Path:
+    """The data root: the argument, else $GREENKD_DATA_ROOT; where neither is set, the error ``none_given``."""
     if root is None:
         root = os.environ.get(DATA_ROOT_ENV) or None
     if root is None:
-        raise DatasetNotFoundError(
-            f"{name} is read from a local data root, and none was given. Pass "
-            f"root=DIR to load_dataset (or --data-root DIR to run_all.sh, or set "
-            f"{DATA_ROOT_ENV}=DIR). {how_to_get(name, 'DIR')}"
-        )
+        raise DatasetNotFoundError(none_given)
     return Path(root).expanduser()
+
+
+def resolve_root(name: str, root: Optional[PathLike]) -> Path:
+    """The data root of the data set ``name``, else an error that says how to give one and what to put there."""
+    return data_root(root, f"{name} is read from a local data root, and none was given. Pass "
+                           f"root=DIR to load_dataset (or --data-root DIR to run_all.sh, or set "
+                           f"{DATA_ROOT_ENV}=DIR). {how_to_get(name, 'DIR')}")
+
+
+def source_folder(name: str, root: Optional[PathLike], download: bool,
+                  fetch: Optional[Callable[[str, Path], None]] = None) -> Tuple[Path, Path]:
+    """The resolved data root and the data set's extracted folder under it. With ``download``, a missing folder
+    is fetched by ``fetch(name, root)``; a source without one (Tiny ImageNet) cannot be downloaded."""
+    root_path = resolve_root(name, root)
+    folder = root_path / SOURCES[name].folder
+    if not folder.is_dir() and download:
+        if fetch is None:
+            raise DatasetNotFoundError(
+                f"{name} cannot be downloaded automatically (the archive is large and "
+                f"has no checksum we can verify). {how_to_get(name, str(root_path))}"
+            )
+        fetch(name, root_path)
+    if not folder.is_dir():
+        raise missing_folder_error(name, root_path, folder)
+    return root_path, folder
 
 
 def missing_folder_error(name: str, root: Path, folder: Path) -> DatasetNotFoundError:

@@ -26,9 +26,18 @@ TensorPair = Tuple[torch.Tensor, torch.Tensor]
 _STATS_CHUNK = 4096
 
 
+class NamedClasses:
+    """The classes of a data set that has ``class_names``."""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (the length of :attr:`class_names`; a detection set's background is not one)."""
+        return len(self.class_names)
+
+
 # eq=False: field-wise == on tensors is ambiguous, identity is what we want.
 @dataclass(eq=False)
-class ImageDataset:
+class ImageDataset(NamedClasses):
     """A classification data set held in memory as uint8 tensors.
 
     Attributes:
@@ -89,25 +98,20 @@ class ImageDataset:
         )
 
     @property
-    def num_classes(self) -> int:
-        """Number of classes (the length of :attr:`class_names`)."""
-        return len(self.class_names)
-
-    @property
-    def in_channels(self) -> int:
-        """Number of image channels (1 for digits, 3 otherwise)."""
-        return int(self.train_images.shape[1])
-
-    @property
-    def image_size(self) -> int:
-        """Height (= width) of the square images in pixels."""
-        return int(self.train_images.shape[2])
-
-    @property
     def input_shape(self) -> Tuple[int, int, int]:
         """``(C, H, W)`` of one image."""
         channels, height, width = self.train_images.shape[1:]
         return int(channels), int(height), int(width)
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels (1 for digits, 3 otherwise)."""
+        return self.input_shape[0]
+
+    @property
+    def image_size(self) -> int:
+        """Height (= width) of the square images in pixels."""
+        return self.input_shape[1]
 
     def subset(
         self, train: Optional[int] = None, test: Optional[int] = None, seed: int = 0

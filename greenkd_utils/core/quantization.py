@@ -19,13 +19,13 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
 
 from greenkd_utils.core.augment import standardize
-from greenkd_utils.core.config import RunConfig, StoredConfig, TrainSettings, nested
+from greenkd_utils.core.config import RunConfig, StoredConfig, TrainSettings, check_val_fraction, nested, one_of
 from greenkd_utils.energy.flops import train_step_flops
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,11 @@ BYTES_PER_MB = 1e6
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _QuantizationAPI:
-    prepare_qat_fx: Any
-    convert_fx: Any
-    qat_qconfig_mapping: Any
-    disable_observer: Any
-    freeze_bn_stats: Any
+    prepare_qat_fx: Callable[..., nn.Module]  # (float model, qconfig mapping, example inputs) -> fake-quantized
+    convert_fx: Callable[[nn.Module], nn.Module]  # prepared model -> int8 model
+    qat_qconfig_mapping: Callable[[str], Any]  # back end -> QConfigMapping
+    disable_observer: Callable[[nn.Module], None]  # for model.apply: fixes the fake-quantize ranges
+    freeze_bn_stats: Callable[[nn.Module], None]  # for model.apply: fixes the batch-norm statistics
 
 
 def quantization_api() -> _QuantizationAPI:
@@ -188,6 +188,9 @@ def state_dict_bytes(model: nn.Module) -> int:
 # The run's config
 # ---------------------------------------------------------------------------------------------
 QAT_INITS = ("student", "scratch")
+# The data and model of the student run a QAT run mirrors: from_student copies them (with the seed and profile),
+# and ``init_from`` must share them.
+STUDENT_DATA = ("dataset", "model", "val_fraction", "train_subset", "test_subset")
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,6 @@ class QATConfig(StoredConfig):
 
     ``init_from`` is the finished float student run whose weights QAT starts from (the usual
     recipe: quantization-aware fine-tuning of a trained network); None trains from scratch.
-    ``kind`` is part of the hashed dict, so a QAT run never shares a key with a CE or KD run.
     From epoch ``floor(freeze_fraction * epochs)`` on, observers and batch-norm statistics are frozen
     (1.0: never).
     """
@@ -212,27 +214,24 @@ class QATConfig(StoredConfig):
     val_fraction: float = 0.1
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
-    kind: str = "qat_fx"
+    kind: str = "qat_fx"  # in the hashed dict, so a QAT run never shares a key with a CE or KD run
 
     def __post_init__(self):
         object.__setattr__(self, "freeze_fraction", float(self.freeze_fraction))
         object.__setattr__(self, "val_fraction", float(self.val_fraction))
         nested(self, "train", TrainSettings)
         nested(self, "init_from", RunConfig)
-        if self.kind != "qat_fx":
-            raise ValueError(f"unknown QAT kind {self.kind!r}; valid: qat_fx")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown quantization backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
+        one_of("QAT kind", self.kind, ("qat_fx",))
+        one_of("quantization backend", self.backend, BACKENDS)
         if not 0.0 < self.freeze_fraction <= 1.0:
             raise ValueError(f"freeze_fraction must lie in (0, 1]; got {self.freeze_fraction}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in [0, 1); got {self.val_fraction}")
+        check_val_fraction(self.val_fraction)
         if self.init_from is not None:
             start = self.init_from
             if start.role != "student":
                 raise ValueError(f"QAT starts from a cross-entropy student run; got a {start.role!r} config")
-            mine = (self.dataset, self.model, self.val_fraction, self.train_subset, self.test_subset)
-            theirs = (start.dataset, start.model, start.val_fraction, start.train_subset, start.test_subset)
+            mine = tuple(getattr(self, name) for name in STUDENT_DATA)
+            theirs = tuple(getattr(start, name) for name in STUDENT_DATA)
             if mine != theirs:
                 raise ValueError(f"QAT must use the data and model of the run it starts from; {mine} != {theirs}")
 
@@ -244,21 +243,14 @@ class QATConfig(StoredConfig):
         ``init="student"`` starts from the student's trained weights, ``"scratch"`` from a fresh
         initialisation; ``train`` is the QAT schedule (default: the student's own).
         """
-        if init not in QAT_INITS:
-            raise ValueError(f"unknown QAT init {init!r}; valid: {', '.join(QAT_INITS)}")
+        one_of("QAT init", init, QAT_INITS)
         if student.role != "student":
             raise ValueError(f"QAT mirrors a cross-entropy student run; got a {student.role!r} config")
         return cls(
-            dataset=student.dataset,
-            model=student.model,
-            seed=student.seed,
             train=train or student.train,
             backend=resolve_backend(backend),
             init_from=student if init == "student" else None,
-            profile=student.profile,
-            val_fraction=student.val_fraction,
-            train_subset=student.train_subset,
-            test_subset=student.test_subset,
+            **{name: getattr(student, name) for name in STUDENT_DATA + ("seed", "profile")},
             **changes,
         )
 
@@ -271,10 +263,6 @@ class QATConfig(StoredConfig):
         """The first (0-based) epoch run with frozen observers and BN statistics; never the first epoch,
         since observers that have seen no data would fix meaningless ranges."""
         return max(1, math.floor(self.freeze_fraction * self.train.epochs))
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "QATConfig":
-        return cls(**d)
 
     @property
     def name(self) -> str:

@@ -15,15 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from greenkd_utils.core.dataset_sources import (
-    SOURCES,
-    DatasetNotFoundError,
-    PathLike,
-    how_to_get,
-    incomplete_error,
-    missing_folder_error,
-    resolve_root,
-)
+from greenkd_utils.core.dataset_sources import PathLike, incomplete_error, source_folder
 from greenkd_utils.core.image_dataset import ImageDataset, dataset_from_arrays
 
 logger = logging.getLogger(__name__)
@@ -172,15 +164,7 @@ def load_tinyimagenet(root: Optional[PathLike], download: bool) -> ImageDataset:
       reused next time. Delete that file to force a fresh decode.
     """
     name = "tinyimagenet"
-    root_path = resolve_root(name, root)
-    folder = root_path / SOURCES[name].folder
-    if not folder.is_dir():
-        if download:
-            raise DatasetNotFoundError(
-                f"{name} cannot be downloaded automatically (the archive is large and "
-                f"has no checksum we can verify). {how_to_get(name, str(root_path))}"
-            )
-        raise missing_folder_error(name, root_path, folder)
+    root_path, folder = source_folder(name, root, download)
     wnids = _read_wnids(name, root_path, folder)
     class_names = _read_class_names(folder, wnids)
     cache_path = folder / _TINY_CACHE

@@ -295,29 +295,37 @@ def _process_cpu_seconds(fresh: bool = True) -> Tuple[float, Dict[int, float]]:
         return t.user + t.system + t.children_user + t.children_system, {}
 
 
-class CpuTimeChannel(Channel):
+class EstimateChannel(Channel):
+    """An estimate: how much of a resource the process tree uses, x a fixed wattage per unit of it."""
+
+    source = "estimated"
+    model: str  # what the wattage multiplies, as the method names it
+    unit: str  # what the wattage is per
+
+    def __init__(self, watts_per_unit: float):
+        super().__init__()
+        self._watts = float(watts_per_unit)
+
+    def method(self, name: str) -> str:
+        return f"{self.model} x {self._watts:g} W per {self.unit}"
+
+
+class CpuTimeChannel(EstimateChannel):
     """Estimated CPU energy: CPU time of the process tree x watts per busy core."""
 
     provides = ("cpu",)
     key = "cpu-time"
-    source = "estimated"
-
-    def __init__(self, watts_per_core: float):
-        super().__init__()
-        self._watts = float(watts_per_core)
-        self._own0 = 0.0
-        self._live0: Dict[int, float] = {}
+    model = "TDP model: process+children CPU time"
+    unit = "core"
 
     def _start(self, t: float) -> None:
+        # CPU seconds at the start: the process's own (with its reaped children) and each live child's.
         self._own0, self._live0 = _process_cpu_seconds()
 
     def _joules(self, t: float, final: bool) -> Dict[str, float]:
         own, live = _process_cpu_seconds(fresh=final)
         seconds = own - self._own0 + sum(s - self._live0.get(pid, 0.0) for pid, s in live.items())
         return {"cpu": max(0.0, seconds) * self._watts}
-
-    def method(self, name: str) -> str:
-        return f"TDP model: process+children CPU time x {self._watts:g} W per core"
 
 
 def _rss_bytes() -> float:
@@ -330,21 +338,16 @@ def _rss_bytes() -> float:
             return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class RssChannel(Channel):
+class RssChannel(EstimateChannel):
     """Estimated DRAM energy: resident memory of the process, integrated over time, x watts per GiB."""
 
+    model = "RSS model: mean process resident memory"
+    unit = "GiB"
     provides = ("dram",)
     key = "rss"
-    source = "estimated"
-
-    def __init__(self, watts_per_gib: float):
-        super().__init__()
-        self._watts = float(watts_per_gib)
-        self._byte_seconds = 0.0
-        self._last_bytes = 0.0
-        self._t_last = 0.0
 
     def _start(self, t: float) -> None:
+        self._byte_seconds = 0.0
         self._last_bytes = _rss_bytes()
         self._t_last = t
 
@@ -358,8 +361,5 @@ class RssChannel(Channel):
     def _joules(self, t: float, final: bool) -> Dict[str, float]:
         self._sample(max(t, self._t_last))
         return {"dram": self._byte_seconds / BYTES_PER_GIB * self._watts}
-
-    def method(self, name: str) -> str:
-        return f"RSS model: mean process resident memory x {self._watts:g} W per GiB"
 
 

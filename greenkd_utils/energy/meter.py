@@ -154,18 +154,14 @@ class EnergyMeter:
 
     def snapshot(self) -> EnergyReport:
         """Energy from the start until now (the final report once stopped); safe from any thread."""
-        if self._t0 is None:
-            raise RuntimeError("EnergyMeter has not been started")
-        if self._t_end is not None and self.report is not None:
-            return self.report
-        return self._build(time.monotonic(), final=False)
+        final = self._final_report()
+        return final if final is not None else self._build(time.monotonic(), final=False)
 
     def stop(self) -> EnergyReport:
         """Stop sampling, close the sensors and set :attr:`report`."""
-        if self._t0 is None:
-            raise RuntimeError("EnergyMeter has not been started")
-        if self._t_end is not None and self.report is not None:
-            return self.report
+        final = self._final_report()
+        if final is not None:
+            return final
         t_end = time.monotonic()
         try:
             for ch in self._channels:
@@ -188,13 +184,23 @@ class EnergyMeter:
 
     # -- internals -------------------------------------------------------
 
+    def _final_report(self) -> Optional[EnergyReport]:
+        """The report of a stopped meter, None while it runs; a meter never started has neither."""
+        if self._t0 is None:
+            raise RuntimeError("EnergyMeter has not been started")
+        return self.report if self._t_end is not None else None
+
     def _empty(self, t: float) -> EnergyReport:
         return EnergyReport(max(0.0, t - (self._t0 or t)), {}, self.pue, self.carbon_intensity_g_per_kwh)
 
-    def _try_start(self, channel: Channel, t: float) -> Optional[Channel]:
+    def _started(self, channel: Optional[Channel], t: float) -> List[Channel]:
+        """``[channel]`` once it has started; ``[]`` when there is none or it cannot serve (the next source in line
+        takes over)."""
+        if channel is None:
+            return []
         try:
             channel.start(t)
-            return channel
+            return [channel]
         except Exception as exc:
             warn_once(
                 f"start:{channel.key}",
@@ -204,7 +210,7 @@ class EnergyMeter:
                 exc,
             )
             channel.close()
-            return None
+            return []
 
     def _open_channels(self, t: float) -> List[Channel]:
         channels: List[Channel] = []
@@ -213,9 +219,7 @@ class EnergyMeter:
             channels += self._cpu_channels(t)
         # The estimates always run: they are the last resort of cpu and dram.
         for estimate in (CpuTimeChannel(self.cpu_watts_per_core), RssChannel(self.dram_watts_per_gb)):
-            started = self._try_start(estimate, t)
-            if started is not None:
-                channels.append(started)
+            channels += self._started(estimate, t)
         return channels
 
     def _gpu_channels(self, t: float) -> List[Channel]:
@@ -237,12 +241,10 @@ class EnergyMeter:
             except Exception as exc:  # pre-Volta GPUs, some vGPU/MIG setups
                 logger.info("NVML energy counter unsupported on GPU %s (%s); sampling power", nvml_index, exc)
         # Power sampling runs even when the counter works: it is the backup.
-        power = self._gpu_power_channel(cuda_index, nvml_index, nvml)
-        if power is not None and self._try_start(power, t) is not None:
-            channels.append(power)
-        return channels
+        return channels + self._started(self._gpu_power_channel(cuda_index, nvml_index, nvml), t)
 
     def _open_nvml(self, nvml_index: int) -> Optional[Any]:
+        """NVML's handle of GPU ``nvml_index``, closed when the meter stops; None where NVML cannot open it."""
         try:
             nvml = open_nvml_device(nvml_index)
         except Exception as exc:
@@ -262,20 +264,10 @@ class EnergyMeter:
         if self.use_carbontracker and carbontracker_can_map_gpus():
             ct = open_carbontracker_gpu(cuda_index)
         if ct is not None:
-            return PowerChannel(
-                lambda: {"gpu": ct.power_w()},
-                ("gpu",),
-                {"gpu": f"carbontracker NvidiaGPU power {every}"},
-                key="carbontracker-gpu",
-                close=ct.close,
-            )
+            return _gpu_power(ct, f"carbontracker NvidiaGPU power {every}", "carbontracker-gpu", close=ct.close)
         if nvml is not None:
-            return PowerChannel(
-                lambda: {"gpu": nvml.power_w()},
-                ("gpu",),
-                {"gpu": f"NVML power {every}"},
-                key=f"nvml-power:{nvml_index}",
-            )
+            # NVML itself is closed with the meter: it may also serve the energy counter.
+            return _gpu_power(nvml, f"NVML power {every}", f"nvml-power:{nvml_index}")
         return None
 
     def _cpu_channels(self, t: float) -> List[Channel]:
@@ -287,18 +279,14 @@ class EnergyMeter:
                 for name, what in (("cpu", "package"), ("dram", "dram"))
             }
             channel = PowerChannel(ct.power_w, ct.provides, methods, key="carbontracker-cpu", close=ct.close)
-            started = self._try_start(channel, t)
-            if started is not None:
-                channels.append(started)
+            channels += self._started(channel, t)
         try:
             domains = discover_rapl_domains(self.powercap_root)
         except Exception as exc:
             logger.debug("RAPL discovery failed: %s", exc)
             domains = []
         if any(d.kind == "package" for d in domains):
-            started = self._try_start(RaplChannel(domains), t)
-            if started is not None:
-                channels.append(started)
+            channels += self._started(RaplChannel(domains), t)
         else:
             logger.debug("no readable RAPL package counter in %s; CPU energy is estimated", self.powercap_root)
         return channels
@@ -356,3 +344,8 @@ class EnergyMeter:
             except Exception as exc:
                 logger.debug("closing NVML failed: %s", exc)
         self._closers = []
+
+
+def _gpu_power(sensor: Any, method: str, key: str, close: Callable[[], None] = lambda: None) -> PowerChannel:
+    """A channel that samples ``sensor.power_w()`` as the power of the GPU."""
+    return PowerChannel(lambda: {"gpu": sensor.power_w()}, ("gpu",), {"gpu": method}, key=key, close=close)

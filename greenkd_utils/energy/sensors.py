@@ -48,7 +48,21 @@ def open_nvml_device(nvml_index: int) -> NvmlDevice:
     return NvmlDevice(nvml_index)
 
 
-class _CarbontrackerGpu:
+class _CarbontrackerComponent:
+    """One of carbontracker's components, initialised for this process; closing shuts it down."""
+
+    def __init__(self, component_class: Any, missing: str):
+        handler = component_class(pids=[os.getpid()], devices_by_pid=False)
+        if not handler.available():
+            raise RuntimeError(f"carbontracker reports no {missing}")
+        handler.init()
+        self._handler = handler
+
+    def close(self) -> None:
+        self._handler.shutdown()
+
+
+class _CarbontrackerGpu(_CarbontrackerComponent):
     """carbontracker's ``NvidiaGPU`` component, reduced to the power of one GPU.
 
     ``NvidiaGPU`` lists the GPUs of CUDA_VISIBLE_DEVICES (if it is a list of
@@ -59,19 +73,12 @@ class _CarbontrackerGpu:
     def __init__(self, position: int):
         from carbontracker.components.gpu.nvidia import NvidiaGPU
 
-        handler = NvidiaGPU(pids=[os.getpid()], devices_by_pid=False)
-        if not handler.available():
-            raise RuntimeError("carbontracker reports no NVIDIA GPU")
-        handler.init()
-        self._handler = handler
+        super().__init__(NvidiaGPU, "NVIDIA GPU")
         self._position = position
         self.power_w()  # fail now, not in the sampling thread
 
     def power_w(self) -> float:
         return float(self._handler.power_usage()[self._position])
-
-    def close(self) -> None:
-        self._handler.shutdown()
 
 
 def open_carbontracker_gpu(position: int) -> Optional[_CarbontrackerGpu]:
@@ -83,7 +90,7 @@ def open_carbontracker_gpu(position: int) -> Optional[_CarbontrackerGpu]:
         return None
 
 
-class _CarbontrackerCpu:
+class _CarbontrackerCpu(_CarbontrackerComponent):
     """carbontracker's ``IntelCPU`` (RAPL) component, summed into cpu and dram watts.
 
     Each ``power_w`` call blocks for carbontracker's one-second measuring
@@ -93,12 +100,8 @@ class _CarbontrackerCpu:
     def __init__(self) -> None:
         from carbontracker.components.cpu.intel import IntelCPU
 
-        handler = IntelCPU(pids=[os.getpid()], devices_by_pid=False)
-        if not handler.available():
-            raise RuntimeError("carbontracker reports no RAPL")
-        handler.init()
-        self._handler = handler
-        self._names = list(handler.devices())  # e.g. ["cpu:0", "dram:0"]
+        super().__init__(IntelCPU, "RAPL")
+        self._names = list(self._handler.devices())  # e.g. ["cpu:0", "dram:0"]
         if not any(n.startswith("cpu") for n in self._names):
             raise RuntimeError("carbontracker found no RAPL package domain")
         self.provides = tuple(k for k in ("cpu", "dram") if any(n.startswith(k) for n in self._names))
@@ -110,9 +113,6 @@ class _CarbontrackerCpu:
             if kind in watts:
                 watts[kind] += float(value)
         return watts
-
-    def close(self) -> None:
-        self._handler.shutdown()
 
 
 def open_carbontracker_cpu(powercap_root: str) -> Optional[_CarbontrackerCpu]:

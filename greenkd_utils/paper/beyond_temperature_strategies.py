@@ -223,11 +223,10 @@ def plot_accuracy_vs_energy(table: pd.DataFrame, title: str):
     lows = table["ci_low_pct"].fillna(table["accuracy_mean_pct"])
     highs = table["ci_high_pct"].fillna(table["accuracy_mean_pct"])
     ax.set_ylim(max(0.0, float(lows.min()) - 3), min(100.0, float(highs.max()) + 3))
-    source = "/".join(sorted(set("/".join(table["energy_source"]).split("/"))))
-    ax.set_xlabel(f"energy per seed (kWh, device, before PUE; {source})")
-    ax.set_ylabel(f"test accuracy (%), mean and {CONFIDENCE:.0%} interval")
+    source = "/".join(plotting.energy_sources(table))
+    ax.set(xlabel=f"energy per seed (kWh, device, before PUE; {source})",
+           ylabel=f"test accuracy (%), mean and {CONFIDENCE:.0%} interval", title=title)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(title)
     fig.tight_layout()
     return fig
 

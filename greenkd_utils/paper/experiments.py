@@ -15,11 +15,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
+from greenkd_utils.analysis.plotting import energy_sources
 from greenkd_utils.analysis.verdict import (
     DEFAULT_MARGIN_PCT,
     PairedVerdict,
@@ -233,10 +234,19 @@ def hardware_of(results: Sequence[RunResult | TunedResult]) -> str:
     return labels[0] if len(labels) == 1 else "mixed: " + "; ".join(labels)
 
 
-def check_losses(exp: Experiment, losses: Iterable[str]) -> None:
-    """Refuse, before anything trains, a loss the profile's options do not apply to."""
-    for loss in losses:
+def checked_losses(exp: Experiment, losses: Optional[Iterable[str]] = None) -> List[str]:
+    """``losses`` (None: the profile's), each refused before anything trains if the profile's options do not
+    apply to it."""
+    chosen = list(losses or exp.profile.losses)
+    for loss in chosen:
         check_logit_standardization(loss, exp.profile.logit_standardization)
+    return chosen
+
+
+def loss_cells(exp: Experiment, losses: Optional[Iterable[str]] = None) -> List[Tuple[str, str]]:
+    """The (dataset, loss) cells of Table 4 and its verdicts, data set by data set (see :func:`checked_losses`)."""
+    chosen = checked_losses(exp, losses)
+    return [(dataset, loss) for dataset in exp.profile.datasets for loss in chosen]
 
 
 def energy_ratio(table: pd.DataFrame, by: Sequence[str] = ("dataset",)) -> pd.DataFrame:
@@ -272,13 +282,11 @@ def verdict_table(
     interval and the verdict against ``margin_pct`` (see :mod:`greenkd_utils.analysis.verdict`), with the energy
     ratio of the two (tuned sweep over one stochastic run, mean over seeds)."""
     check_margin(margin_pct)
-    check_losses(exp, losses or exp.profile.losses)
     rows = []
-    for dataset in exp.profile.datasets:
-        for loss in losses or exp.profile.losses:
-            tuned = [exp.tuned(dataset, s, loss) for s in exp.profile.verdict_seeds]
-            stochastic = [exp.stochastic(dataset, s, loss) for s in exp.profile.verdict_seeds]
-            rows.append(verdict_row(exp, tuned, stochastic, margin_pct, dataset=dataset, loss=loss))
+    for dataset, loss in loss_cells(exp, losses):
+        tuned = [exp.tuned(dataset, s, loss) for s in exp.profile.verdict_seeds]
+        stochastic = [exp.stochastic(dataset, s, loss) for s in exp.profile.verdict_seeds]
+        rows.append(verdict_row(exp, tuned, stochastic, margin_pct, dataset=dataset, loss=loss))
     return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
 
 
@@ -336,7 +344,7 @@ def write_summary(
             totals[key] = {
                 "energy_kwh_per_seed_sum_of_rows": float(table["energy_kwh"].sum()),
                 "co2_g_per_seed_sum_of_rows": float(table["co2_g"].sum()),
-                "energy_source": sorted(set("/".join(table["energy_source"]).split("/"))),
+                "energy_source": energy_sources(table),
             }
     path = Path(output_dir) / f"{name}.summary.json"
     atomic_write_json(

@@ -23,6 +23,17 @@ def _reference_table() -> pd.DataFrame:
         return pd.read_csv(f)
 
 
+def headline_metrics(score: str = "accuracy_pct") -> Dict[str, str]:
+    """Our columns -> the paper's metrics for a table's headline: its ``score`` column (accuracy, or mAP for
+    detection), GFLOPs (M), kWh and CO2. The paper's kWh include its PUE, so ours with PUE stand beside them."""
+    return {
+        score: score,
+        "training_gflops_millions": "training_gflops_millions",
+        "energy_kwh_pue": "energy_kwh",
+        "co2_g": "co2_g",
+    }
+
+
 def load_reference(table: Optional[str] = None) -> pd.DataFrame:
     """The paper's numbers as a long table (table, dataset, teacher, student, loss, method, metric, value, std, note)."""
     df = _reference_table().copy()

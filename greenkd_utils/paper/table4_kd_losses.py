@@ -11,7 +11,8 @@ from greenkd_utils.analysis.verdict import DEFAULT_MARGIN_PCT, check_margin
 from greenkd_utils.paper.experiments import (
     VERDICT_COLUMNS,
     Experiment,
-    check_losses,
+    checked_losses,
+    loss_cells,
     summarise,
     verdict_row,
 )
@@ -19,16 +20,14 @@ from greenkd_utils.paper.experiments import (
 
 def table4(exp: Experiment, losses: Optional[Iterable[str]] = None) -> pd.DataFrame:
     """Table 4: HKD, CMC and DML, each tuned (grid) vs stochastic, per dataset."""
-    check_losses(exp, losses or exp.profile.losses)
     rows = []
-    for dataset in exp.profile.datasets:
-        for loss in losses or exp.profile.losses:
-            for method in ("kd_tuned", "kd_stochastic"):
-                results = [
-                    exp.tuned(dataset, s, loss) if method == "kd_tuned" else exp.stochastic(dataset, s, loss)
-                    for s in exp.profile.verdict_seeds
-                ]
-                rows.append(summarise(exp, results, dataset=dataset, loss=loss, method=method))
+    for dataset, loss in loss_cells(exp, losses):
+        for method in ("kd_tuned", "kd_stochastic"):
+            results = [
+                exp.tuned(dataset, s, loss) if method == "kd_tuned" else exp.stochastic(dataset, s, loss)
+                for s in exp.profile.verdict_seeds
+            ]
+            rows.append(summarise(exp, results, dataset=dataset, loss=loss, method=method))
     return pd.DataFrame(rows)
 
 
@@ -63,8 +62,7 @@ def sensitivity_table(exp: Experiment, losses: Optional[Iterable[str]] = None,
     the tuned grid restricted to the stochastic range (the same runs, chosen among fewer taus), and CMC on
     softmax probabilities or summed over classes (runs of their own, :data:`SENSITIVITY_SEEDS` seeds)."""
     check_margin(margin_pct)
-    losses = list(losses or exp.profile.losses)
-    check_losses(exp, losses)
+    losses = checked_losses(exp, losses)
     seeds, rows = exp.profile.verdict_seeds, []
     within = grid_within_range(exp)
     for dataset in exp.profile.datasets:
@@ -96,9 +94,7 @@ def needed_runs(exp: Experiment, plan, losses: Optional[Iterable[str]] = None) -
 
 def verdict_runs(exp: Experiment, plan, losses: Optional[Iterable[str]] = None) -> None:
     """Add the runs of :func:`table4` and its paper-faithful verdicts to ``plan``."""
-    losses = list(losses or exp.profile.losses)
-    check_losses(exp, losses)
-    _add_tuned_and_stochastic(exp, plan, losses, exp.profile.verdict_seeds)
+    _add_tuned_and_stochastic(exp, plan, checked_losses(exp, losses), exp.profile.verdict_seeds)
 
 
 def _add_tuned_and_stochastic(exp: Experiment, plan, losses: Iterable[str], seeds) -> None:

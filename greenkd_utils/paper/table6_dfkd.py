@@ -13,6 +13,7 @@ trained once and shared through the run store.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -35,12 +36,7 @@ from greenkd_utils.settings.data_free import DFKDSettings, load_dfkd_settings
 
 log = logging.getLogger(__name__)
 
-PAPER_METRICS = {
-    "accuracy_pct": "accuracy_pct",
-    "training_gflops_millions": "training_gflops_millions",
-    "energy_kwh_pue": "energy_kwh",  # the paper's kWh include its PUE
-    "co2_g": "co2_g",
-}
+PAPER_METRICS = reference.headline_metrics()
 
 
 def settings_of(exp: Experiment) -> DFKDSettings:
@@ -54,15 +50,18 @@ def dfkd_config(
     dataset: str,
     seed: int,
     temperature: TemperatureSpec,
-    settings: Optional[DFKDSettings] = None,
     epochs: Optional[int] = None,
 ) -> DFKDConfig:
-    """The run config of one cell of Table 6 under ``exp``'s profile."""
-    settings = settings or settings_of(exp)
+    """The run config of one cell of Table 6 under ``exp``'s profile and data-free settings (:func:`settings_of`)."""
+    settings = settings_of(exp)
     profile = exp.profile
     train_changes = dict(settings.train)
     if epochs is not None:
         train_changes["epochs"] = int(epochs)
+    # How the student distils comes from the data-free settings; the data split and logit option from the profile.
+    from_settings = {name: getattr(settings, name) for name in ("kd_steps", "loss", "alpha", "kl_reduction")}
+    profile_fields = ("val_fraction", "train_subset", "test_subset", "logit_standardization")
+    from_profile = {name: getattr(profile, name) for name in profile_fields}
     return DFKDConfig(
         dataset=dataset,
         model=settings.student_model,
@@ -71,15 +70,9 @@ def dfkd_config(
         temperature=temperature,
         seed=seed,
         train=profile.train_settings("student", **train_changes),
-        kd_steps=settings.kd_steps,
-        loss=settings.loss,
-        alpha=settings.alpha,
-        kl_reduction=settings.kl_reduction,
         profile=profile.name,
-        val_fraction=profile.val_fraction,
-        train_subset=profile.train_subset,
-        test_subset=profile.test_subset,
-        logit_standardization=profile.logit_standardization,
+        **from_settings,
+        **from_profile,
     )
 
 
@@ -161,7 +154,7 @@ def table6(
         for method in methods:
             tuned, stochastic = [], []
             for seed in seeds:
-                make = lambda t: dfkd_config(exp, method, dataset, seed, t, settings, epochs)  # noqa: E731
+                make = functools.partial(dfkd_config, exp, method, dataset, seed, epochs=epochs)
                 sweep = tuned_sweep(make(TemperatureSpec.fixed(1.0)), taus, exp.store, exp.device, exp.data_root, exp.progress)
                 stoch = train(make(exp.profile.stochastic()), exp.store, exp.device, exp.data_root, exp.progress)
                 tuned.append(sweep)
@@ -192,11 +185,11 @@ def _cells(exp: Experiment, methods=None, datasets=None, seeds=None, tau_grid=No
 
 def needed_runs(exp: Experiment, plan, epochs: Optional[int] = None, **cells) -> None:
     """Add the runs of :func:`table6` to ``plan``; ``cells``: its ``methods``, ``datasets``, ``seeds``, ``tau_grid``."""
-    settings, methods, datasets, seeds, taus = _cells(exp, **cells)
+    _, methods, datasets, seeds, taus = _cells(exp, **cells)
     for dataset in datasets:
         for method in methods:
             for seed in seeds:
-                make = lambda t: dfkd_config(exp, method, dataset, seed, t, settings, epochs)  # noqa: E731
+                make = functools.partial(dfkd_config, exp, method, dataset, seed, epochs=epochs)
                 plan.add_all(grid_configs(make(TemperatureSpec.fixed(1.0)), taus), "table6_dfkd")
                 plan.add(make(exp.profile.stochastic()), "table6_dfkd")
 

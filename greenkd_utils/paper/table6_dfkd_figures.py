@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from greenkd_utils.analysis.plotting import method_color, use_style
+from greenkd_utils.analysis.plotting import energy_sources, method_color, use_style
 
 PHASE_COLORS = {"synthesis": "#7570b3", "student": "#1b9e77"}
 
@@ -63,7 +63,7 @@ def plot_phase_split(table: pd.DataFrame, title: str = "Where the energy of data
     for xi, syn, stu in zip(x, synthesis, student):
         if syn + stu > 0:
             ax_energy.annotate(f"{100 * syn / (syn + stu):.0f}% synthesis", (xi, syn + stu), ha="center", va="bottom", fontsize=7)
-    source = "/".join(sorted(set("/".join(table["energy_source"]).split("/"))))
+    source = "/".join(energy_sources(table))
     ax_energy.set_ylabel(f"kWh with PUE per seed ({source})")
     ax_energy.legend(fontsize=8, loc="upper right")
     colors = [method_color(m) for m in table["method"]]

@@ -16,6 +16,7 @@ import pandas as pd
 
 from greenkd_utils.paper.experiments import Experiment, summarise
 from greenkd_utils.paper.extra_tables import compare_with_paper_dataset
+from greenkd_utils.paper.reference import headline_metrics
 from greenkd_utils.settings.extra_tables import NotebookSettings
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,7 @@ PAIRS: Tuple[Tuple[str, str], ...] = ((WEAK, WEAK), (STRONG, WEAK), (WEAK, STRON
 
 STRENGTH = {WEAK: "weak", STRONG: "strong"}
 
-TABLE7_METRICS = {
-    "accuracy_pct": "accuracy_pct",
-    "training_gflops_millions": "training_gflops_millions",
-    "energy_kwh_pue": "energy_kwh",  # the paper's kWh include its PUE
-    "co2_g": "co2_g",
-}
+TABLE7_METRICS = headline_metrics()
 
 
 def pair_label(teacher: str, student: str) -> str:
@@ -58,20 +54,10 @@ def table7(
             exp.tuned(settings.dataset, s, loss, taus=settings.tau_grid, **models, **changes) for s in settings.seeds
         ]
         stochastic = [exp.stochastic(settings.dataset, s, loss, **models, **changes) for s in settings.seeds]
+        keys = dict(dataset=settings.dataset, pair=pair_label(teacher, student),
+                    strength=strength_label(teacher, student), teacher=teacher, student=student, loss=loss)
         for method, results in (("kd_tuned", tuned), ("kd_stochastic", stochastic)):
-            rows.append(
-                summarise(
-                    exp,
-                    results,
-                    dataset=settings.dataset,
-                    pair=pair_label(teacher, student),
-                    strength=strength_label(teacher, student),
-                    teacher=teacher,
-                    student=student,
-                    loss=loss,
-                    method=method,
-                )
-            )
+            rows.append(summarise(exp, results, **keys, method=method))
     return pd.DataFrame(rows)
 
 

@@ -13,6 +13,7 @@ from greenkd_utils.core.config import RunConfig
 from greenkd_utils.core.quantization import QATConfig
 from greenkd_utils.paper.experiments import summarise
 from greenkd_utils.paper.extra_tables import compare_with_paper_dataset
+from greenkd_utils.paper.reference import headline_metrics
 from greenkd_utils.runs.sweep import train_qat
 
 # ---------------------------------------------------------------------------------------------
@@ -21,12 +22,7 @@ from greenkd_utils.runs.sweep import train_qat
 TABLE8_STUDENT = "mobilenetv2"
 TABLE8_TEACHER = "resnet18"
 
-TABLE8_METRICS = {
-    "accuracy_pct": "accuracy_pct",
-    "training_gflops_millions": "training_gflops_millions",
-    "energy_kwh_pue": "energy_kwh",  # the paper's kWh include its PUE
-    "co2_g": "co2_g",
-}
+TABLE8_METRICS = headline_metrics()
 
 
 def student_config(exp, settings, seed: int, model: str = TABLE8_STUDENT) -> RunConfig:

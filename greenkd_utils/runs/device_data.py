@@ -21,6 +21,9 @@ from greenkd_utils.runs.execution import ExecutionPlan
 # The validation split is the same for every run of a dataset, whatever its seed.
 VALIDATION_SPLIT_SEED = 0
 
+# What a model is built from: the dataset's, kept in every run's record.
+SHAPE_FIELDS = ("num_classes", "in_channels", "image_size")
+
 
 @dataclass
 class DeviceData:
@@ -46,15 +49,10 @@ class DeviceData:
         return int(self.val[1].numel() + self.test[1].numel())
 
     def describe(self) -> Dict[str, Any]:
-        return {
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "image_size": self.image_size,
-            "n_train": int(self.train[1].numel()),
-            "n_val": int(self.val[1].numel()),
-            "n_test": int(self.test[1].numel()),
-            "class_names": list(self.class_names),
-        }
+        """What a run's record keeps of its data: the shape a model is built from, and the split sizes."""
+        shape = {name: getattr(self, name) for name in SHAPE_FIELDS}
+        sizes = {f"n_{split}": int(getattr(self, split)[1].numel()) for split in ("train", "val", "test")}
+        return {**shape, **sizes, "class_names": list(self.class_names)}
 
 
 @functools.lru_cache(maxsize=4)
@@ -79,10 +77,8 @@ def prepare_data(config, device: torch.device, data_root: Optional[str] = None) 
         test=put(dataset.test_images, dataset.test_labels),
         mean=torch.tensor(dataset.mean, dtype=torch.float32, device=device),
         std=torch.tensor(dataset.std, dtype=torch.float32, device=device),
-        num_classes=dataset.num_classes,
-        in_channels=dataset.in_channels,
-        image_size=dataset.image_size,
         class_names=list(dataset.class_names),
+        **{name: getattr(dataset, name) for name in SHAPE_FIELDS},
     )
 
 

@@ -4,6 +4,7 @@ learning-rate schedule, and the provenance a record keeps (library versions, the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import socket
@@ -250,14 +251,9 @@ class Concurrency:
                 "concurrent runs, so it is not used)")
 
     def record(self) -> Dict[str, Any]:
-        return {
-            "executor": self.executor,
-            "runs_sharing_node": self.runs_sharing_node,
-            "one_run_per_gpu": self.one_run_per_gpu,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "energy_attribution": self.energy_attribution(),
-        }
+        """The settings above, where the run ran (host and process) and how its energy was attributed."""
+        where = {"host": socket.gethostname(), "pid": os.getpid()}
+        return {**dataclasses.asdict(self), **where, "energy_attribution": self.energy_attribution()}
 
 
 _CONCURRENCY = Concurrency()

@@ -51,8 +51,8 @@ _TRAINING_FINGERPRINT = ("epoch", "samples_seen", "energy_kwh", "wall_time_s")
 class HalvingSettings:
     """Rungs at ``min_epochs`` x ``reduction_factor``^k epochs (below the run's length), then the full run."""
 
-    min_epochs: int = 1
-    reduction_factor: int = 3
+    min_epochs: int = 1  # the first rung: every trial trains at least this many epochs
+    reduction_factor: int = 3  # rungs grow by this factor, and 1 in this many trials goes on at each
     seed: int = 0  # the order in which the grid sampler visits the taus
 
     def __post_init__(self):
@@ -85,16 +85,14 @@ def truncated(config: RunConfig, epochs: int) -> RunConfig:
 
 @dataclass
 class HalvingTrial:
-    """One grid value's trial: its runs (one per rung reached), validation accuracy per epoch, where it stopped."""
+    """One grid value's trial: its runs, its validation accuracy per epoch, and where it stopped."""
 
     tau: float
-    runs: List[RunResult] = field(default_factory=list)
-    val_accuracy_per_epoch: List[float] = field(default_factory=list)
-    pruned: bool = False
+    runs: List[RunResult] = field(default_factory=list)  # one per rung reached, in rung order
+    val_accuracy_per_epoch: List[float] = field(default_factory=list)  # percent, one per epoch trained
+    pruned: bool = False  # stopped by the pruner before the full length
 
-    @property
-    def stopped_at_epoch(self) -> int:
-        return len(self.val_accuracy_per_epoch)
+    stopped_at_epoch = property(lambda self: len(self.val_accuracy_per_epoch))
 
     @property
     def billed_runs(self) -> List[RunResult]:
@@ -123,17 +121,9 @@ class HalvingResult(TunedResult):
     rungs: Tuple[int, ...] = ()
     settings: HalvingSettings = field(default_factory=HalvingSettings)
 
-    @property
-    def grid(self) -> List[float]:
-        return [t.tau for t in self.trials]
-
-    @property
-    def n_trials(self) -> int:
-        return len(self.trials)
-
-    @property
-    def pruned_taus(self) -> List[float]:
-        return [t.tau for t in self.trials if t.pruned]
+    grid = property(lambda self: [t.tau for t in self.trials])
+    n_trials = property(lambda self: len(self.trials))
+    pruned_taus = property(lambda self: [t.tau for t in self.trials if t.pruned])
 
     @property
     def all_runs(self) -> List[RunResult]:

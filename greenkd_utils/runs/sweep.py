@@ -62,13 +62,8 @@ class BilledResult:
 class TunedResult(BilledResult):
     """A search over fixed taus: ``chosen`` is the run whose tau won on validation."""
 
-    @property
-    def taus(self) -> List[float]:
-        return [r.config.temperature.tau for r in self.runs]
-
-    @property
-    def chosen_tau(self) -> float:
-        return self.chosen.config.temperature.tau
+    taus = property(lambda self: [r.config.temperature.tau for r in self.runs])
+    chosen_tau = property(lambda self: self.chosen.config.temperature.tau)
 
 
 def choose_on_validation(runs: Sequence[RunResult]) -> RunResult:
@@ -123,13 +118,8 @@ class QATPipeline(BilledResult):
     def __init__(self, qat: RunResult, initial: Optional[RunResult] = None):
         super().__init__(runs=[qat] if initial is None else [initial, qat], chosen=qat)
 
-    @property
-    def qat(self) -> RunResult:
-        return self.chosen
-
-    @property
-    def initial(self) -> Optional[RunResult]:
-        return self.runs[0] if len(self.runs) > 1 else None
+    qat = property(lambda self: self.chosen)
+    initial = property(lambda self: self.runs[0] if len(self.runs) > 1 else None)
 
 
 def train_qat(config, store: RunStore, device="auto", data_root=None, progress: bool = True) -> QATPipeline:

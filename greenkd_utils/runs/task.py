@@ -59,10 +59,10 @@ class Evaluation:
 class RunCounts:
     """What the lifecycle counts as the run goes, for the FLOP accounting and the checkpoint."""
 
-    samples_seen: int = 0
-    images_evaluated: int = 0
-    teacher_forwards: int = 0
-    teacher_outputs_reused: bool = False
+    samples_seen: int = 0  # training samples through the student, every epoch's
+    images_evaluated: int = 0  # images read by the evaluation passes, the final one included
+    teacher_forwards: int = 0  # samples through the teacher: every step's batch, or the training set once if cached
+    teacher_outputs_reused: bool = False  # True once the teacher's outputs are cached for the whole run
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
@@ -131,6 +131,9 @@ class Task:
     # Attributes with a state (modules, a synthesizer, a pool) and plain counters, saved in every checkpoint.
     checkpointed: ClassVar[Tuple[str, ...]] = ("model",)
     counters: ClassVar[Tuple[str, ...]] = ()
+    # The (key, value) that marks a stored config dict as this task's, in a record written before records
+    # named their task; None: no such record is this task's.
+    config_mark: ClassVar[Optional[Tuple[str, Any]]] = None
 
     def __init__(self, config, device: torch.device, dependencies: Mapping[str, RunResult], store: RunStore,
                  data_root=None, **options):
@@ -151,7 +154,10 @@ class Task:
     @classmethod
     def recognises(cls, config_dict: Dict[str, Any]) -> bool:
         """Whether a stored config dict (of a record written before records named their task) is this task's."""
-        return False
+        if cls.config_mark is None:
+            return False
+        key, value = cls.config_mark
+        return config_dict.get(key) == value
 
     @classmethod
     def upgrade_record(cls, record: Dict[str, Any]) -> Dict[str, Any]:
@@ -172,14 +178,14 @@ class Task:
         """The optimiser, schedule and augmentation the lifecycle builds the step from."""
         return self.config.train
 
+    @property
+    def epochs(self) -> int:
+        return int(self.config.train.epochs)
+
     # -- the run --------------------------------------------------------------------------------
     def build(self) -> None:
         """Models (``self.model``, the one the optimiser trains), ``self.plan``, anything synthesised."""
         raise NotImplementedError
-
-    @property
-    def epochs(self) -> int:
-        return int(self.config.train.epochs)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -8,7 +8,7 @@ here differ from those tables, plus the few settings of the strategies beyond th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Tuple
 
 from greenkd_utils.runs.successive_halving import HalvingSettings
 from greenkd_utils.settings.loader import load_section
@@ -30,13 +30,13 @@ STRATEGIES = (
 class BeyondSettings:
     """What the notebook trains at a profile (``configs/beyond.yaml``), with the notebook's overrides."""
 
-    dataset: str
+    dataset: str  # one: the table has no data-set column
     seeds: Tuple[int, ...]
-    tau_grid: Tuple[float, ...]
-    ls_base_tau: float = 2.0
+    tau_grid: Tuple[float, ...]  # the profile's: the grid and successive-halving rows search the same taus
+    ls_base_tau: float = 2.0  # the fixed tau of the logit-standardization row (the z-scored logits' scale)
     halving_min_epochs: int = 1
     halving_reduction_factor: int = 3
-    ctkd_curriculum_epochs: int = 10
+    ctkd_curriculum_epochs: int = 10  # epochs over which CTKD's adversarial weight rises from 0 to 1
     strategies: Tuple[str, ...] = STRATEGIES
 
     def __post_init__(self):
@@ -70,38 +70,24 @@ BEYOND_KNOBS = ("datasets", "seeds", "ls_base_tau", "halving_min_epochs", "halvi
                 "ctkd_curriculum_epochs", "strategies")
 
 
-def _read_yaml(profile: str) -> Dict[str, Any]:
-    raw, _ = load_section(profile, {}, SETTING_NAMES, "setting", family="beyond")
-    unknown = sorted(set(raw) - set(SETTING_NAMES))
-    if unknown:
-        raise ValueError(f"configs/beyond.yaml [{profile}] has unknown setting(s) {', '.join(unknown)}; "
-                         f"valid: {', '.join(SETTING_NAMES)}")
-    return raw
-
-
-def load_beyond_settings(
-    profile: Profile,
-    datasets: Optional[Sequence[str]] = None,
-    seeds: Optional[Sequence[int]] = None,
-    ls_base_tau: Optional[float] = None,
-    halving_min_epochs: Optional[int] = None,
-    halving_reduction_factor: Optional[int] = None,
-    ctkd_curriculum_epochs: Optional[int] = None,
-    strategies: Optional[Sequence[str]] = None,
-) -> BeyondSettings:
-    """The notebook's settings at ``profile`` (its tau grid is the profile's); None keeps the file's value.
+def load_beyond_settings(profile: Profile, **overrides) -> BeyondSettings:
+    """The notebook's settings at ``profile`` (its tau grid is the profile's) with ``overrides``
+    (:data:`BEYOND_KNOBS`; None keeps the file's value, an unknown name raises).
 
     ``datasets`` names one data set (the table has no data-set column).
     """
-    raw = _read_yaml(profile.name)
+    raw, overrides = load_section(profile.name, overrides, BEYOND_KNOBS, "setting", family="beyond")
+    unknown = sorted(set(raw) - set(SETTING_NAMES))
+    if unknown:
+        raise ValueError(f"configs/beyond.yaml [{profile.name}] has unknown setting(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(SETTING_NAMES)}")
+    datasets = overrides.pop("datasets", None)
     if datasets is not None:
         if len(datasets) != 1:
             raise ValueError(f"{NOTEBOOK} compares strategies on one data set; got datasets={datasets}")
         raw["dataset"] = datasets[0]
-    overrides = {"seeds": seeds, "ls_base_tau": ls_base_tau, "halving_min_epochs": halving_min_epochs,
-                 "halving_reduction_factor": halving_reduction_factor,
-                 "ctkd_curriculum_epochs": ctkd_curriculum_epochs}
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    strategies = overrides.pop("strategies", None)
+    raw.update(overrides)
     return BeyondSettings(
         dataset=str(raw.get("dataset") or profile.datasets[0]),
         seeds=tuple(int(s) for s in (raw.get("seeds") or profile.seeds)),

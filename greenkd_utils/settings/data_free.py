@@ -20,6 +20,7 @@ class DFKDSettings:
 
     profile: str
     datasets: Tuple[str, ...]
+    # None: the classification profile's seeds and tau grid.
     seeds: Optional[Tuple[int, ...]]
     tau_grid: Optional[Tuple[float, ...]]
     teacher_model: str

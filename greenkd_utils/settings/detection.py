@@ -16,9 +16,8 @@ from greenkd_utils.core.detection.config import DetectionRunConfig, DetectionTra
 from greenkd_utils.core.detection.models import AnchorSettings
 from greenkd_utils.core.detection.shapes import ShapesSettings
 from greenkd_utils.energy.report import DEFAULT_CARBON_INTENSITY, DEFAULT_PUE
-from greenkd_utils.settings import knobs
 from greenkd_utils.settings.loader import SCHEDULE_KNOBS, apply_overrides, load_section
-from greenkd_utils.settings.profiles import single_run_temperature
+from greenkd_utils.settings.profiles import distillation_settings, single_run_temperature
 
 # Knobs that change the detection settings (None leaves the file's value); epochs and lr are the students'.
 DETECTION_KNOBS = ("seeds", "epochs", "teacher_epochs", "lr", "tau_grid", "losses", "image_size", "teacher_seed",
@@ -66,14 +65,9 @@ class DetectionProfile:
         return DetectionTrainSettings(**raw)
 
     def _common(self) -> Dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "image_size": self.image_size,
-            "anchors": self.anchors,
-            "shapes": self.shapes,
-            "profile": self.name,
-            "val_fraction": self.val_fraction,
-        }
+        """The fields every run config of this profile takes from it as they are."""
+        shared = {name: getattr(self, name) for name in ("dataset", "image_size", "anchors", "shapes", "val_fraction")}
+        return {**shared, "profile": self.name}
 
     def teacher_config(self) -> DetectionRunConfig:
         return DetectionRunConfig(
@@ -118,13 +112,8 @@ def load_detection_profile(name: str, **overrides) -> DetectionProfile:
         teacher_seed=int(raw["teacher_seed"]),
         losses=as_tuple(raw["losses"], str),
         tau_grid=as_tuple(raw["tau_grid"], float),
-        tau_range=tuple(float(v) for v in raw["tau_range"]),
-        alpha=float(raw["alpha"]),
-        kl_reduction=raw["kl_reduction"],
-        val_fraction=float(raw["val_fraction"]),
         num_workers=int(raw["num_workers"]),
         teacher_train=raw["teacher_train"],
         student_train=raw["student_train"],
-        temperature_mode=knobs.parse("temperature_mode", raw.get("temperature_mode", "stochastic")),
-        logit_standardization=knobs.parse("logit_standardization", raw.get("logit_standardization", False)),
+        **distillation_settings(raw),
     )

@@ -28,15 +28,14 @@ class NotebookSettings:
     """What one of these notebooks trains, resolved against its profile (no ``None`` left but ``epochs``).
 
     ``epochs`` and ``lr`` of None keep the profile's student settings, so KD runs are the very
-    runs Tables 1 and 4 train (cache hits); ``paper_dataset`` is the paper column ours is set
-    beside. The ``qat_*`` fields are Table 8's: where QAT starts (``student``: the trained float
-    student, ``scratch``), its epochs and lr (None: the student's), and when it freezes observers
-    and batch-norm statistics (``quantization.QATConfig``).
+    runs Tables 1 and 4 train (cache hits). The ``qat_*`` fields are Table 8's: where QAT starts
+    (``student``: the trained float student, ``scratch``), its epochs and lr (None: the student's),
+    and when it freezes observers and batch-norm statistics (``quantization.QATConfig``).
     """
 
     notebook: str
     dataset: str
-    paper_dataset: str
+    paper_dataset: str  # the data set of the paper's column ours is set beside
     seeds: Tuple[int, ...]
     tau_grid: Tuple[float, ...]
     epochs: Optional[int] = None
@@ -50,12 +49,8 @@ class NotebookSettings:
 
     def student_changes(self) -> Dict[str, Any]:
         """Keyword arguments for ``Profile.kd_config`` / ``train_settings`` (empty = the profile's)."""
-        changes: Dict[str, Any] = {}
-        if self.epochs is not None:
-            changes["epochs"] = int(self.epochs)
-        if self.lr is not None:
-            changes["lr"] = float(self.lr)
-        return changes
+        wanted = {"epochs": (self.epochs, int), "lr": (self.lr, float)}
+        return {name: cast(value) for name, (value, cast) in wanted.items() if value is not None}
 
     def describe(self) -> str:
         epochs = "the profile's" if self.epochs is None else str(self.epochs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import os
 import re
 import warnings
@@ -100,19 +101,20 @@ def _number_from(value: Any) -> Any:
 
 
 def _integer(value: Any) -> int:
-    value = _number_from(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
-        return int(value)
-    raise _Refused("it is not a whole number")
+    number = _number_from(value)
+    whole = isinstance(number, numbers.Integral) or (
+        isinstance(number, numbers.Real) and math.isfinite(number) and float(number).is_integer()
+    )
+    if not whole:
+        raise _Refused("it is not a whole number")
+    return int(number)
 
 
 def _real(value: Any) -> float:
-    value = _number_from(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    raise _Refused("it is not a number")
+    number = _number_from(value)
+    if not isinstance(number, numbers.Real):
+        raise _Refused("it is not a number")
+    return float(number)
 
 
 def _items(value: Any) -> List[Any]:
@@ -139,24 +141,22 @@ def _no_repeats(items: List[Any]) -> List[Any]:
 # ---------------------------------------------------------------------------------------------
 # Parsers: each takes the raw value (None already handled) and returns the clean one
 # ---------------------------------------------------------------------------------------------
-def _int_at_least(low: int) -> Callable[[Any], int]:
-    def parse_int(value: Any) -> int:
-        number = _integer(_text_value(value))
-        if number < low:
-            raise _Refused(f"it is below {low}")
+def _number_where(read: Callable[[Any], Any], check: Callable[[Any], bool], refusal: str) -> Callable[[Any], Any]:
+    def parse_number(value: Any) -> Any:
+        number = read(_text_value(value))
+        if not check(number):
+            raise _Refused(refusal)
         return number
 
-    return parse_int
+    return parse_number
+
+
+def _int_at_least(low: int) -> Callable[[Any], int]:
+    return _number_where(_integer, lambda n: n >= low, f"it is below {low}")
 
 
 def _float_where(check: Callable[[float], bool], rule: str) -> Callable[[Any], float]:
-    def parse_float(value: Any) -> float:
-        number = _real(_text_value(value))
-        if not math.isfinite(number) or not check(number):
-            raise _Refused(f"it must be {rule}")
-        return number
-
-    return parse_float
+    return _number_where(_real, lambda v: math.isfinite(v) and check(v), f"it must be {rule}")
 
 
 def _list_of(parse_item: Callable[[Any], Any]) -> Callable[[Any], List[Any]]:
@@ -221,6 +221,25 @@ def _boolean(value: Any) -> bool:
 
 _positive_int = _int_at_least(1)
 _tau = _float_where(lambda t: t > 0, "> 0 and finite")
+_COMPARISONS = {">": operator.gt, ">=": operator.ge}
+
+
+def _accepts(what: str, unit: str) -> str:
+    return f"{what} ({unit})" if unit else what
+
+
+def _whole_knob(name: str, low: int, help: str, unit: str = "") -> Knob:
+    """A knob of one whole number >= ``low``: the bound it states is the bound it enforces."""
+    return Knob(name, _accepts(f"a whole number >= {low}", unit), _int_at_least(low), help)
+
+
+def _real_knob(name: str, bound: str, help: str, unit: str = "") -> Knob:
+    """A knob of one finite number within ``bound`` (``"> 0"``, ``">= 1"``), stated and enforced alike."""
+    comparison, low = bound.split()
+    compare, low = _COMPARISONS[comparison], float(low)
+    parse = _float_where(lambda v: compare(v, low), f"{bound} and finite")
+    return Knob(name, _accepts(f"a number {bound}", unit), parse, help)
+
 
 _KNOB_LIST = [
     Knob("profile", "a profile name", _choice(lambda: PROFILES, "profile"),
@@ -230,11 +249,9 @@ _KNOB_LIST = [
          "the datasets to train on"),
     Knob("seeds", "a list of whole numbers >= 0, e.g. [0, 1] or \"0,1\" (a single number is one seed)",
          _list_of(_int_at_least(0)), "the seeds; accuracies are means over them"),
-    Knob("epochs", "a whole number >= 1", _positive_int, "epochs of the student and KD runs"),
-    Knob("teacher_epochs", "a whole number >= 1", _positive_int,
-         "epochs of the teachers (another value trains new teachers)"),
-    Knob("lr", "a number > 0", _float_where(lambda v: v > 0, "> 0 and finite"),
-         "learning rate of the student and KD runs"),
+    _whole_knob("epochs", 1, "epochs of the student and KD runs"),
+    _whole_knob("teacher_epochs", 1, "epochs of the teachers (another value trains new teachers)"),
+    _real_knob("lr", "> 0", "learning rate of the student and KD runs"),
     Knob("tau_grid", "a list of temperatures > 0, e.g. [1, 2, 4] or \"1,2,4\"", _list_of(_tau),
          "the fixed taus of the tuned baseline (one full training each)"),
     Knob("losses", "a list of KD losses, e.g. [hkd, cmc, dml]",
@@ -242,54 +259,46 @@ _KNOB_LIST = [
          "the KD losses to compare"),
     Knob("loss", "a KD loss name", _choice(lambda: sorted(KD_LOSSES), "KD loss"),
          "the KD loss of the tuned and stochastic runs shown"),
-    Knob("seed", "a whole number >= 0", _int_at_least(0), "which seed's models are shown"),
+    _whole_knob("seed", 0, "which seed's models are shown"),
     Knob("teacher_model", "a model name or timm:<name>", _model, "the teacher's architecture"),
     Knob("student_model", "a model name or timm:<name>", _model, "the student's architecture"),
     Knob("device", "cpu, cuda, cuda:N, mps or auto", _device, "where to train"),
     Knob("data_root", "a folder path", _folder, "the folder holding the paper's datasets"),
     Knob("results_dir", "a folder path", _folder, "the run store (one folder per run)"),
     Knob("output_dir", "a folder path", _folder, "where tables and figures are written"),
-    Knob("pue", "a number >= 1", _float_where(lambda v: v >= 1, ">= 1 and finite"),
-         "power usage effectiveness of the data centre (the paper's: 1.67)"),
-    Knob("carbon_intensity_g_per_kwh", "a number >= 0 (g CO2eq per kWh)",
-         _float_where(lambda v: v >= 0, ">= 0 and finite"), "grams of CO2eq per kWh of electricity"),
-    Knob("train_subset", "a whole number >= 1 (images)", _positive_int,
-         "train on a class-stratified subset of this many training images"),
-    Knob("test_subset", "a whole number >= 1 (images)", _positive_int,
-         "test on a class-stratified subset of this many test images"),
+    _real_knob("pue", ">= 1", "power usage effectiveness of the data centre (the paper's: 1.67)"),
+    _real_knob("carbon_intensity_g_per_kwh", ">= 0", "grams of CO2eq per kWh of electricity",
+               unit="g CO2eq per kWh"),
+    _whole_knob("train_subset", 1, "train on a class-stratified subset of this many training images",
+                unit="images"),
+    _whole_knob("test_subset", 1, "test on a class-stratified subset of this many test images", unit="images"),
     Knob("batch_sizes", "a list of whole numbers >= 1, e.g. [64, 128]", _list_of(_positive_int),
          "the batch sizes of Figure 3 (b)"),
-    Knob("min_inference_s", "a number > 0 (seconds)", _float_where(lambda v: v > 0, "> 0 and finite"),
-         "repeat test-set passes until the metered block lasts this long"),
-    Knob("inference_batch_size", "a whole number >= 1", _positive_int, "batch size of the inference passes"),
-    Knob("example_class", "a whole number >= 0 (a class index)", _int_at_least(0),
-         "Figure 4 (a) shows the first test image of this class"),
-    Knob("gradcam_images", "a whole number >= 1", _positive_int, "how many test images Grad-CAM explains"),
+    _real_knob("min_inference_s", "> 0",
+               "repeat test-set passes until the metered block lasts this long", unit="seconds"),
+    _whole_knob("inference_batch_size", 1, "batch size of the inference passes"),
+    _whole_knob("example_class", 0, "Figure 4 (a) shows the first test image of this class", unit="a class index"),
+    _whole_knob("gradcam_images", 1, "how many test images Grad-CAM explains"),
     Knob("gradcam_target", "a Grad-CAM target name", _choice(lambda: TARGETS, "Grad-CAM target"),
          "explain the true class or the model's top class"),
     Knob("qat_backend", "auto or a quantization backend name",
          _choice(lambda: ("auto",) + tuple(BACKENDS), "quantization backend"),
          "the int8 kernels of quantization-aware training"),
-    Knob("qat_epochs", "a whole number >= 1", _positive_int, "epochs of quantization-aware fine-tuning"),
+    _whole_knob("qat_epochs", 1, "epochs of quantization-aware fine-tuning"),
     Knob("methods", "a list of data-free KD synthesizers, e.g. [cmi, deepinversion]",
          _list_of(_choice(lambda: METHODS, "data-free KD method")), "the synthesizers of Table 6"),
-    Knob("synthesis_iterations", "a whole number >= 1", _positive_int,
-         "optimisation steps of one synthesis round (data-free KD)"),
-    Knob("synthesis_batch_size", "a whole number >= 2", _int_at_least(2),
-         "images synthesized per round (data-free KD)"),
-    Knob("student_steps", "a whole number >= 1", _positive_int,
-         "student steps after each synthesis round (data-free KD)"),
-    Knob("image_size", "a whole number >= 16 (pixels)", _int_at_least(16),
-         "side of the square images the detectors see"),
+    _whole_knob("synthesis_iterations", 1, "optimisation steps of one synthesis round (data-free KD)"),
+    _whole_knob("synthesis_batch_size", 2, "images synthesized per round (data-free KD)"),
+    _whole_knob("student_steps", 1, "student steps after each synthesis round (data-free KD)"),
+    _whole_knob("image_size", 16, "side of the square images the detectors see", unit="pixels"),
     Knob("temperature_mode", "stochastic, stochastic_per_sample or ctkd",
          _choice(lambda: STOCHASTIC_ARM_MODES, "temperature mode"),
          "how the single-run arm sets tau: per batch (the paper's), per sample, or learned (CTKD)"),
     Knob("logit_standardization", "true or false", _boolean,
          "z-score teacher and student logits before the softened softmax (HKD and DML; tau is the base)"),
-    Knob("margin_pct", "a number > 0 (accuracy points)", _float_where(lambda v: v > 0, "> 0 and finite"),
-         "the equivalence margin of the stochastic-vs-tuned verdict"),
-    Knob("num_workers", "a whole number >= 0", _int_at_least(0),
-         "DataLoader workers of the detection augmentation (0: in the notebook's process)"),
+    _real_knob("margin_pct", "> 0", "the equivalence margin of the stochastic-vs-tuned verdict",
+               unit="accuracy points"),
+    _whole_knob("num_workers", 0, "DataLoader workers of the detection augmentation (0: in the notebook's process)"),
     Knob("executor", "local or ray", _choice(lambda: EXECUTORS, "executor"),
          "who trains the notebook's runs: this kernel, one after another, or Ray, in parallel"),
     Knob("ray_address", "a Ray cluster address, e.g. auto or ray://head:10001", _folder,

@@ -39,26 +39,39 @@ def single_run_temperature(mode: str, tau_range) -> TemperatureSpec:
     return TemperatureSpec.stochastic(*tau_range)
 
 
+def distillation_settings(raw: Dict[str, Any]) -> Dict[str, Any]:
+    """The distillation settings of a profile's YAML section, read alike for classification and detection."""
+    return {
+        "tau_range": tuple(float(v) for v in raw["tau_range"]),
+        "alpha": float(raw["alpha"]),
+        "kl_reduction": raw["kl_reduction"],
+        "val_fraction": float(raw["val_fraction"]),
+        "temperature_mode": knobs.parse("temperature_mode", raw.get("temperature_mode", "stochastic")),
+        "logit_standardization": knobs.parse("logit_standardization", raw.get("logit_standardization", False)),
+    }
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
     description: str
     device: str
     datasets: Tuple[str, ...]
-    seeds: Tuple[int, ...]
+    seeds: Tuple[int, ...]  # of the notebooks that show one setting; the verdicts use verdict_seeds
     teacher_model: str
     student_model: str
-    losses: Tuple[str, ...]
-    tau_grid: Tuple[float, ...]
-    tau_range: Tuple[float, float]
-    alpha: float
-    kl_reduction: str
-    val_fraction: float
-    train_subset: Optional[int]
+    losses: Tuple[str, ...]  # the KD losses compared (hkd, cmc, dml)
+    tau_grid: Tuple[float, ...]  # the tuned baseline's fixed taus, one full run each
+    tau_range: Tuple[float, float]  # the stochastic arm draws tau ~ U[low, high]
+    alpha: float  # the KD term's weight; cross-entropy weighs 1 - alpha
+    kl_reduction: str  # "batchmean" (the true KL per sample) or "mean" (also divided by the class count)
+    val_fraction: float  # of the training set, held out to choose tau on
+    train_subset: Optional[int]  # images kept, class-stratified (None: all)
     test_subset: Optional[int]
-    batch_sizes: Tuple[int, ...]
+    batch_sizes: Tuple[int, ...]  # Figure 3 (b)'s
     pue: float
     carbon_intensity_g_per_kwh: float
+    # TrainSettings fields, with milestones as ``milestone_fractions`` of the run's epochs.
     teacher_train: Dict[str, Any]
     student_train: Dict[str, Any]
     extras: Dict[str, Any] = field(default_factory=dict)
@@ -82,12 +95,9 @@ class Profile:
         return single_run_temperature(self.temperature_mode, self.tau_range)
 
     def _common(self) -> Dict[str, Any]:
-        return {
-            "profile": self.name,
-            "val_fraction": self.val_fraction,
-            "train_subset": self.train_subset,
-            "test_subset": self.test_subset,
-        }
+        """The fields every run config of this profile takes from it as they are."""
+        shared = {name: getattr(self, name) for name in ("val_fraction", "train_subset", "test_subset")}
+        return {**shared, "profile": self.name}
 
     # -- run configs ----------------------------------------------------------------------
     def teacher_config(self, dataset: str, seed: int, model: Optional[str] = None) -> RunConfig:
@@ -106,8 +116,8 @@ class Profile:
         dataset: str,
         seed: int,
         loss: str = "hkd",
-        temperature: Optional[TemperatureSpec] = None,
-        teacher_model: Optional[str] = None,
+        temperature: Optional[TemperatureSpec] = None,  # None: the single-run arm's (stochastic())
+        teacher_model: Optional[str] = None,  # None: the profile's teacher (and likewise the student)
         student_model: Optional[str] = None,
         **train_changes,
     ) -> RunConfig:
@@ -167,10 +177,6 @@ def _from_raw(raw: Dict[str, Any]) -> Profile:
         student_model=raw["student_model"],
         losses=tup("losses", str),
         tau_grid=tup("tau_grid", float),
-        tau_range=tuple(float(v) for v in raw["tau_range"]),
-        alpha=float(raw["alpha"]),
-        kl_reduction=raw["kl_reduction"],
-        val_fraction=float(raw["val_fraction"]),
         train_subset=raw.get("train_subset"),
         test_subset=raw.get("test_subset"),
         batch_sizes=tup("batch_sizes", int),
@@ -179,7 +185,6 @@ def _from_raw(raw: Dict[str, Any]) -> Profile:
         teacher_train=dict(raw["teacher_train"]),
         student_train=dict(raw["student_train"]),
         extras=dict(raw.get("extras") or {}),
-        temperature_mode=knobs.parse("temperature_mode", raw.get("temperature_mode", "stochastic")),
-        logit_standardization=knobs.parse("logit_standardization", raw.get("logit_standardization", False)),
         verdict_seeds=tup("verdict_seeds", int) or tup("seeds", int),
+        **distillation_settings(raw),
     )

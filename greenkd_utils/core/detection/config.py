@@ -9,13 +9,14 @@ nothing that only changes where or how fast it runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 from greenkd_utils.core.config import (
     ROLES,
     DistillSpec,
     StoredConfig,
     check_val_fraction,
+    one_of,
     store_floats,
 )
 from greenkd_utils.core.detection.data import DETECTION_DATASETS
@@ -30,9 +31,9 @@ AUGMENTATIONS = ("none", "flip", "ssd")
 class DetectionTrainSettings:
     """Optimiser, schedule and augmentation of one detection run."""
 
-    epochs: int = 70
+    epochs: int = 70  # the paper's detection runs
     batch_size: int = 32
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # or "adam", which leaves momentum unused
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -42,7 +43,7 @@ class DetectionTrainSettings:
     # "none"; "flip" (random horizontal flips); "ssd" (SSD's photometric distortion, zoom-out,
     # IoU crop and flip, torchvision.transforms.v2, in DataLoader workers).
     augment: str = "none"
-    neg_pos_ratio: int = 3
+    neg_pos_ratio: int = 3  # hard negatives per positive anchor in SSD's loss
     # Clip the gradient's global L2 norm to this value (None: no clipping). HKD's tau^2 factor makes the
     # gradient grow with tau; clipping keeps a tau ~ U[2, 20] run as stable as a tau = 1 run.
     grad_clip_norm: Optional[float] = None
@@ -52,10 +53,8 @@ class DetectionTrainSettings:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1; got {self.epochs}, {self.batch_size}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"unknown detection augmentation {self.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+        one_of("optimizer", self.optimizer, OPTIMIZERS)
+        one_of("detection augmentation", self.augment, AUGMENTATIONS)
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         store_floats(self, "lr", "momentum", "weight_decay", "lr_decay", "grad_clip_norm")
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
@@ -80,19 +79,18 @@ class DetectionRunConfig(DistillSpec, StoredConfig):
     shapes: Optional[ShapesSettings] = None
     train: DetectionTrainSettings = field(default_factory=DetectionTrainSettings)
     profile: str = "paper"
-    loss: str = field(default="ssd", kw_only=True)
+    loss: str = field(default="ssd", kw_only=True)  # SSD's loss; a kd run names its KD loss (KD_LOSSES)
     teacher: Optional["DetectionRunConfig"] = field(default=None, kw_only=True)
     val_fraction: float = 0.1
     task: str = "detection"
 
     def __post_init__(self):
+        self.build_nested(DetectionRunConfig, train=DetectionTrainSettings, anchors=AnchorSettings,
+                          shapes=ShapesSettings)
         store_floats(self, "val_fraction", "width")
-        if self.role not in ROLES:
-            raise ValueError(f"unknown role {self.role!r}; valid: {', '.join(ROLES)}")
-        if self.dataset not in DETECTION_DATASETS:
-            raise ValueError(f"unknown detection dataset {self.dataset!r}; valid: {', '.join(DETECTION_DATASETS)}")
-        if self.model not in DETECTORS:
-            raise ValueError(f"unknown detector {self.model!r}; valid: {', '.join(DETECTORS)}")
+        for what, value, valid in (("role", self.role, ROLES), ("detection dataset", self.dataset, DETECTION_DATASETS),
+                                   ("detector", self.model, DETECTORS)):
+            one_of(what, value, valid)
         if self.dataset == "shapes" and self.shapes is None:
             object.__setattr__(self, "shapes", ShapesSettings())
         if self.dataset != "shapes" and self.shapes is not None:
@@ -102,15 +100,6 @@ class DetectionRunConfig(DistillSpec, StoredConfig):
                                 mismatch="teacher and student must share the dataset, image size and anchors")
         check_val_fraction(self.val_fraction)
 
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "DetectionRunConfig":
-        d = dict(d)
-        d["train"] = DetectionTrainSettings(**d["train"])
-        d["anchors"] = AnchorSettings(**d["anchors"])
-        if isinstance(d.get("shapes"), dict):
-            d["shapes"] = ShapesSettings(**d["shapes"])
-        return cls(**cls.nested_from_dict(d, cls))
-
     @property
     def name(self) -> str:
-        return f"det_{self.role}_{self.dataset}_{self.kd_name if self.role == 'kd' else self.model}_s{self.seed}"
+        return "det_" + super().name

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from greenkd_utils.core.dataset_sources import DATA_ROOT_ENV, DatasetNotFoundError
+from greenkd_utils.core.dataset_sources import DATA_ROOT_ENV, DatasetNotFoundError, data_root
 from greenkd_utils.core.detection.dataset import DetectionDataset, DetectionSplits
 from greenkd_utils.core.detection.shapes import ShapesSettings, make_shapes
 
@@ -55,14 +54,8 @@ DETECTION_DATASETS = ("shapes", "voc")
 # --------------------------------------------------------------------------
 def voc_root(root: Optional[str | os.PathLike]) -> Path:
     """``{root}/VOCdevkit``; the root is the argument, else ``$GREENKD_DATA_ROOT``."""
-    if root is None:
-        root = os.environ.get(DATA_ROOT_ENV) or None
-    if root is None:
-        raise DatasetNotFoundError(
-            "PASCAL VOC is read from a local data root, and none was given: pass data_root=DIR (or "
-            f"--data-root DIR to run_all.sh, or set {DATA_ROOT_ENV}=DIR). {_VOC_HOW_TO}"
-        )
-    return Path(root).expanduser() / "VOCdevkit"
+    return data_root(root, "PASCAL VOC is read from a local data root, and none was given: pass data_root=DIR (or "
+                           f"--data-root DIR to run_all.sh, or set {DATA_ROOT_ENV}=DIR). {_VOC_HOW_TO}") / "VOCdevkit"
 
 
 _VOC_HOW_TO = (
@@ -124,25 +117,15 @@ def _load_voc_sets(devkit: Path, sets: Sequence[Tuple[str, str]], image_size: in
         folder, ids = _voc_split_ids(devkit, year, image_set)
         jobs += [(folder, image_id, f"{year}/{image_id}") for image_id in ids]
     images = np.empty((len(jobs), 3, image_size, image_size), dtype=np.uint8)
-    boxes, labels, difficult = [], [], []
+    annotations = []
     name = "+".join(f"{y} {s}" for y, s in sets)
     # PIL decodes with the GIL released, so threads overlap the JPEG work.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(lambda job: _load_voc_image(job[0], job[1], image_size), jobs)
-        for i, (pixels, b, l, d) in enumerate(tqdm(results, total=len(jobs), desc=f"Decoding VOC {name}", unit="img")):
+        for i, (pixels, *annotation) in enumerate(tqdm(results, total=len(jobs), desc=f"Decoding VOC {name}", unit="img")):
             images[i] = pixels
-            boxes.append(torch.from_numpy(b))
-            labels.append(torch.from_numpy(l))
-            difficult.append(torch.from_numpy(d))
-    return DetectionDataset(
-        name="voc",
-        images=torch.from_numpy(images),
-        boxes=boxes,
-        labels=labels,
-        difficult=difficult,
-        class_names=list(VOC_CLASSES),
-        image_ids=[job[2] for job in jobs],
-    )
+            annotations.append(annotation)
+    return DetectionDataset.from_arrays("voc", images, annotations, VOC_CLASSES, [job[2] for job in jobs])
 
 
 def load_voc(

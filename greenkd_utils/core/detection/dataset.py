@@ -13,14 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 
-from greenkd_utils.core.image_dataset import channel_stats
+from greenkd_utils.core.image_dataset import NamedClasses, channel_stats
 
 
 # eq=False: field-wise == on tensors is ambiguous, identity is what we want.
 @dataclass(eq=False)
-class DetectionDataset:
+class DetectionDataset(NamedClasses):
     """Images and their annotations; image ``i`` owns ``boxes[i]``, ``labels[i]`` and ``difficult[i]``."""
 
     name: str
@@ -45,6 +46,14 @@ class DetectionDataset:
             if labels.numel() and (labels.min() < 1 or labels.max() > len(self.class_names)):
                 raise ValueError(f"{self.name}: labels run from 1 to {len(self.class_names)} (0 is background)")
 
+    @classmethod
+    def from_arrays(cls, name: str, images: np.ndarray, annotations: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    class_names: Sequence[str], image_ids: Sequence[str]) -> "DetectionDataset":
+        """A data set from numpy arrays: the uint8 images (N, 3, S, S) and, per image, its (boxes, labels,
+        difficult); the tensors share their memory."""
+        boxes, labels, difficult = ([torch.from_numpy(annotation[k]) for annotation in annotations] for k in range(3))
+        return cls(name, torch.from_numpy(images), boxes, labels, difficult, list(class_names), list(image_ids))
+
     def __len__(self) -> int:
         return self.images.shape[0]
 
@@ -53,11 +62,6 @@ class DetectionDataset:
             f"DetectionDataset(name={self.name!r}, images={len(self)}, objects={self.num_objects}, "
             f"classes={self.num_classes}, image_size={self.image_size})"
         )
-
-    @property
-    def num_classes(self) -> int:
-        """Object classes, without the background."""
-        return len(self.class_names)
 
     @property
     def image_size(self) -> int:

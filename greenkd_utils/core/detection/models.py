@@ -53,7 +53,7 @@ BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 class AnchorSettings:
     """SSD's default boxes: one scale per feature map from ``min_ratio`` to ``max_ratio`` of the image."""
 
-    num_feature_maps: int = 6
+    num_feature_maps: int = 6  # SSD300's 6 (at least 3), each with its own anchors and predictions
     min_ratio: float = 0.2
     max_ratio: float = 0.9
     # Explicit scales (one per map plus one more, as DefaultBoxGenerator takes them) replace min/max_ratio;
@@ -230,10 +230,10 @@ class SSDDetector(nn.Module):
     def detect(
         self,
         images: torch.Tensor,
-        score_threshold: float = 0.01,
-        nms_threshold: float = 0.45,
-        max_detections: int = 200,
-        candidates_per_class: int = 400,
+        score_threshold: float = 0.01,  # lower class scores never reach NMS
+        nms_threshold: float = 0.45,  # IoU above which NMS drops the lower-scored box of a class
+        max_detections: int = 200,  # per image, the best-scored after NMS
+        candidates_per_class: int = 400,  # the best-scored anchors of each class that NMS considers
         outputs: Dict[str, torch.Tensor] | None = None,
     ) -> List[Dict[str, torch.Tensor]]:
         """Boxes (xyxy pixels), scores and labels (1..C) per image after per-class NMS (SSD's defaults)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from greenkd_utils.core.detection.dataset import DetectionDataset, DetectionSplits
 
@@ -23,14 +22,13 @@ SHAPE_CLASSES = ("square", "circle", "triangle")
 class ShapesSettings:
     """What the generator draws; every field changes the images, so it is part of a run's config."""
 
-    num_train: int = 300
+    num_train: int = 300  # training images; the test images come from a stream of their own
     num_test: int = 100
-    min_objects: int = 1
+    min_objects: int = 1  # objects per image, drawn uniformly from [min_objects, max_objects]
     max_objects: int = 3
-    # Object sizes as fractions of the image side.
-    min_size: float = 0.25
+    min_size: float = 0.25  # an object's side as a fraction of the image side, from [min_size, max_size]
     max_size: float = 0.55
-    seed: int = 0
+    seed: int = 0  # the images' own seed, apart from the run's: every seed of a run sees the same images
 
     def __post_init__(self):
         if self.num_train < 1 or self.num_test < 1:
@@ -89,20 +87,12 @@ def _draw_image(rng: np.random.Generator, size: int, settings: ShapesSettings):
 def _make_split(name: str, count: int, size: int, settings: ShapesSettings, seed: int) -> DetectionDataset:
     rng = np.random.default_rng(seed)
     images = np.empty((count, 3, size, size), dtype=np.uint8)
-    boxes, labels = [], []
+    annotations = []
     for i in range(count):
-        images[i], b, l = _draw_image(rng, size, settings)
-        boxes.append(torch.from_numpy(b))
-        labels.append(torch.from_numpy(l))
-    return DetectionDataset(
-        name="shapes",
-        images=torch.from_numpy(images),
-        boxes=boxes,
-        labels=labels,
-        difficult=[torch.zeros(l.numel(), dtype=torch.bool) for l in labels],
-        class_names=list(SHAPE_CLASSES),
-        image_ids=[f"{name}/{i:05d}" for i in range(count)],
-    )
+        images[i], boxes, labels = _draw_image(rng, size, settings)
+        annotations.append((boxes, labels, np.zeros(len(labels), dtype=bool)))  # no shape is "difficult"
+    image_ids = [f"{name}/{i:05d}" for i in range(count)]
+    return DetectionDataset.from_arrays("shapes", images, annotations, SHAPE_CLASSES, image_ids)
 
 
 def make_shapes(settings: ShapesSettings = ShapesSettings(), image_size: int = 64) -> DetectionSplits:

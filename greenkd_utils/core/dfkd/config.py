@@ -14,7 +14,7 @@ tau sweep need it to: ``name``, ``key``, ``to_dict()``, ``temperature``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 from greenkd_utils.core.config import (
     AugmentSettings,
@@ -24,7 +24,7 @@ from greenkd_utils.core.config import (
     TemperatureSpec,
     TrainSettings,
     check_val_fraction,
-    nested,
+    one_of,
     store_floats,
 )
 
@@ -72,10 +72,8 @@ class SynthesisSettings:
     reset_generator: Optional[bool] = True
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown data-free KD method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.adversarial not in ADVERSARIAL_KINDS:
-            raise ValueError(f"unknown adversarial term {self.adversarial!r}; valid: {', '.join(ADVERSARIAL_KINDS)}")
+        one_of("data-free KD method", self.method, METHODS)
+        one_of("adversarial term", self.adversarial, ADVERSARIAL_KINDS)
         if self.batch_size < 2 or self.iterations < 1:
             raise ValueError(f"synthesis needs batch_size >= 2 and iterations >= 1; got {self.batch_size}, {self.iterations}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -122,16 +120,14 @@ class DFKDConfig(DistillSpec, StoredConfig):
     # No labels exist for synthetic images; the original methods distil on the teacher's outputs only.
     alpha: float = field(default=1.0, kw_only=True)
     profile: str = "paper"
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # real training images held out to choose tau; only evaluation passes read them
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     role: str = "dfkd"
 
     def __post_init__(self):
         store_floats(self, "val_fraction")
-        for name, cls in (("synthesis", SynthesisSettings), ("train", TrainSettings), ("temperature", TemperatureSpec),
-                          ("teacher", RunConfig)):
-            nested(self, name, cls)
+        self.build_nested(RunConfig, synthesis=SynthesisSettings, train=TrainSettings)
         if self.role != "dfkd":
             raise ValueError(f"a DFKDConfig has role 'dfkd'; got {self.role!r}")
         if self.teacher.role != "teacher":
@@ -144,19 +140,9 @@ class DFKDConfig(DistillSpec, StoredConfig):
 
     # -- identity ------------------------------------------------------------------------------
     @property
-    def method(self) -> str:
-        return self.synthesis.method
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "DFKDConfig":
-        d = dict(d)
-        synthesis = dict(d["synthesis"])
-        if isinstance(synthesis.get("view_augment"), dict):
-            synthesis["view_augment"] = AugmentSettings(**synthesis["view_augment"])
-        d["synthesis"] = SynthesisSettings(**synthesis)
-        d["train"] = TrainSettings(**d["train"])
-        return cls(**cls.nested_from_dict(d, RunConfig))
-
-    @property
     def name(self) -> str:
         return f"dfkd_{self.dataset}_{self.method}_{self.kd_name}_s{self.seed}"
+
+    @property
+    def method(self) -> str:
+        return self.synthesis.method

@@ -118,15 +118,52 @@ class Synthesizer:
         self.mean, self.std = mean.to(self.device), std.to(self.device)
         self.statistics = BatchNormStatistics(teacher)
 
-    # -- to implement ----------------------------------------------------------------------
+    #: The parts whose state a checkpoint keeps (each with ``state_dict``), so a resumed run goes on as it was.
+    checkpointed: Tuple[str, ...] = ()
+
     def synthesize(self, seed: int, count_flops: bool = False) -> SynthesisRound:
-        raise NotImplementedError
+        """One round under ``seed``'s random draws: ``iterations`` optimiser steps on :meth:`step_loss`, then
+        :meth:`close_round`'s passes without gradients. With ``count_flops`` the first step and the close run
+        under the FLOP counter."""
+        flops_per_step = flops_close = None
+        with seeded(seed, self.device), frozen(self.teacher, self.student):
+            targets, optimised, optimizer = self.start_round()
+            terms: Dict[str, torch.Tensor] = {}
+            for it in range(self.settings.iterations):
+                counter = flop_counter() if (count_flops and it == 0) else contextlib.nullcontext()
+                with counter:
+                    loss, terms = self.step_loss(optimised, targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                if count_flops and it == 0:
+                    flops_per_step = counter.get_total_flops()
+            counter = flop_counter() if count_flops else contextlib.nullcontext()
+            with counter, torch.no_grad():
+                pixels, hits = self.close_round(optimised, targets)
+            if count_flops:
+                flops_close = counter.get_total_flops()
+        return SynthesisRound(to_uint8(pixels), targets, self._finish_stats(terms, hits), flops_per_step, flops_close)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {}
+        return {name: getattr(self, name).state_dict() for name in self.checkpointed}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        pass
+        for name in self.checkpointed:
+            getattr(self, name).load_state_dict(state[name])
+
+    # -- to implement ----------------------------------------------------------------------
+    def start_round(self) -> Tuple[torch.Tensor, torch.Tensor, torch.optim.Optimizer]:
+        """The round's targets, the tensor its steps optimise (images or latent codes) and their optimiser."""
+        raise NotImplementedError
+
+    def step_loss(self, optimised: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """One step's loss and its terms."""
+        raise NotImplementedError
+
+    def close_round(self, optimised: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The round's images (pixel space, [0, 1]) and the share the teacher assigns to their targets."""
+        raise NotImplementedError
 
     # -- shared pieces ---------------------------------------------------------------------
     def to_pixels(self, standardised: torch.Tensor) -> torch.Tensor:
@@ -182,35 +219,26 @@ class Synthesizer:
 class DeepInversionSynthesizer(Synthesizer):
     """Optimise a batch of images (in the teacher's standardised input space) from Gaussian noise."""
 
-    def synthesize(self, seed: int, count_flops: bool = False) -> SynthesisRound:
+    def start_round(self):
         s = self.settings
-        flops_per_step = flops_close = None
-        with seeded(seed, self.device), frozen(self.teacher, self.student):
-            targets = balanced_targets(s.batch_size, self.num_classes, self.device)
-            x = torch.randn((s.batch_size,) + self.input_shape, device=self.device, requires_grad=True)
-            optimizer = torch.optim.Adam([x], lr=s.lr, betas=s.betas)
-            terms: Dict[str, torch.Tensor] = {}
-            for it in range(s.iterations):
-                counter = flop_counter() if (count_flops and it == 0) else contextlib.nullcontext()
-                with counter:
-                    loss, terms, _ = self.common_objective(self.teacher_view(x), targets)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                if count_flops and it == 0:
-                    flops_per_step = counter.get_total_flops()
-            counter = flop_counter() if count_flops else contextlib.nullcontext()
-            with counter, torch.no_grad():
-                pixels = self.to_pixels(x.detach())
-                final = standardize(pixels.clamp(0, 1), self.mean, self.std)
-                hits = (self.teacher(final).argmax(1) == targets).float().mean()
-            if count_flops:
-                flops_close = counter.get_total_flops()
-        return SynthesisRound(to_uint8(pixels), targets, self._finish_stats(terms, hits), flops_per_step, flops_close)
+        targets = balanced_targets(s.batch_size, self.num_classes, self.device)
+        x = torch.randn((s.batch_size,) + self.input_shape, device=self.device, requires_grad=True)
+        return targets, x, torch.optim.Adam([x], lr=s.lr, betas=s.betas)
+
+    def step_loss(self, x, targets):
+        loss, terms, _ = self.common_objective(self.teacher_view(x), targets)
+        return loss, terms
+
+    def close_round(self, x, targets):
+        pixels = self.to_pixels(x.detach())
+        final = standardize(pixels.clamp(0, 1), self.mean, self.std)
+        return pixels, (self.teacher(final).argmax(1) == targets).float().mean()
 
 
 class CMISynthesizer(Synthesizer):
     """Optimise a freshly initialised generator and its latent codes, with CMI's contrastive term."""
+
+    checkpointed = ("generator", "head", "bank")
 
     def __init__(self, settings: SynthesisSettings, teacher, student, num_classes, input_shape, mean, std, device="cpu"):
         super().__init__(settings, teacher, student, num_classes, input_shape, mean, std, device)
@@ -220,46 +248,36 @@ class CMISynthesizer(Synthesizer):
         self.bank = MemoryBank(self.statistics.feature_dim, settings.bank_size, self.device)
         self.view_augment = BatchAugment(settings.view_augment)
 
-    def synthesize(self, seed: int, count_flops: bool = False) -> SynthesisRound:
+    def start_round(self):
         s = self.settings
-        flops_per_step = flops_close = None
-        with seeded(seed, self.device), frozen(self.teacher, self.student):
-            if s.reset_generator:
-                self.generator.reinitialize()
-            self.generator.train()
-            targets = balanced_targets(s.batch_size, self.num_classes, self.device)
-            z = torch.randn(s.batch_size, s.nz, device=self.device, requires_grad=True)
-            optimizer = torch.optim.Adam(
-                [{"params": self.generator.parameters()}, {"params": [z]}, {"params": self.head.parameters()}],
-                lr=s.lr,
-                betas=s.betas,
-            )
-            terms: Dict[str, torch.Tensor] = {}
-            for it in range(s.iterations):
-                counter = flop_counter() if (count_flops and it == 0) else contextlib.nullcontext()
-                with counter:
-                    pixels = self.generator(z)
-                    view = self.teacher_view(standardize(pixels, self.mean, self.std))
-                    loss, terms, features = self.common_objective(view, targets)
-                    if s.cr > 0:
-                        cr_term = self._contrastive(pixels, features)
-                        loss = loss + s.cr * cr_term
-                        terms["cr"] = cr_term
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                if count_flops and it == 0:
-                    flops_per_step = counter.get_total_flops()
-            counter = flop_counter() if count_flops else contextlib.nullcontext()
-            with counter, torch.no_grad():
-                pixels = self.generator(z)
-                with self.statistics:
-                    logits = self.teacher(standardize(pixels, self.mean, self.std))
-                    self.bank.add(self.statistics.features())
-                hits = (logits.argmax(1) == targets).float().mean()
-            if count_flops:
-                flops_close = counter.get_total_flops()
-        return SynthesisRound(to_uint8(pixels), targets, self._finish_stats(terms, hits), flops_per_step, flops_close)
+        if s.reset_generator:
+            self.generator.reinitialize()
+        self.generator.train()
+        targets = balanced_targets(s.batch_size, self.num_classes, self.device)
+        z = torch.randn(s.batch_size, s.nz, device=self.device, requires_grad=True)
+        optimizer = torch.optim.Adam(
+            [{"params": self.generator.parameters()}, {"params": [z]}, {"params": self.head.parameters()}],
+            lr=s.lr,
+            betas=s.betas,
+        )
+        return targets, z, optimizer
+
+    def step_loss(self, z, targets):
+        pixels = self.generator(z)
+        view = self.teacher_view(standardize(pixels, self.mean, self.std))
+        loss, terms, features = self.common_objective(view, targets)
+        if self.settings.cr > 0:
+            cr_term = self._contrastive(pixels, features)
+            loss = loss + self.settings.cr * cr_term
+            terms["cr"] = cr_term
+        return loss, terms
+
+    def close_round(self, z, targets):
+        pixels = self.generator(z)
+        with self.statistics:
+            logits = self.teacher(standardize(pixels, self.mean, self.std))
+            self.bank.add(self.statistics.features())
+        return pixels, (logits.argmax(1) == targets).float().mean()
 
     def _contrastive(self, pixels: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Each image against an augmented view of itself, the batch's other views, and bank negatives."""
@@ -276,17 +294,6 @@ class CMISynthesizer(Synthesizer):
             s.cr_temperature,
         )
 
-    def state_dict(self) -> Dict[str, Any]:
-        return {
-            "generator": self.generator.state_dict(),
-            "head": self.head.state_dict(),
-            "bank": self.bank.state_dict(),
-        }
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.head.load_state_dict(state["head"])
-        self.bank.load_state_dict(state["bank"])
 
 
 SYNTHESIZERS = {"deepinversion": DeepInversionSynthesizer, "cmi": CMISynthesizer}

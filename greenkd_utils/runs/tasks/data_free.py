@@ -64,10 +64,7 @@ class DataFreeKDTask(Task):
     flop_definition = FLOP_DEFINITION
     checkpointed = ("model", "synthesizer", "pool")
     counters = ("flops_per_step", "flops_close")
-
-    @classmethod
-    def recognises(cls, config_dict: Dict[str, Any]) -> bool:
-        return config_dict.get("role") == "dfkd"
+    config_mark = ("role", "dfkd")
 
     @classmethod
     def upgrade_record(cls, record: Dict[str, Any]) -> Dict[str, Any]:
@@ -111,7 +108,7 @@ class DataFreeKDTask(Task):
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.config.kd_steps
+        return self.config.kd_steps  # student steps after each synthesis round
 
     @property
     def progress_steps_per_epoch(self) -> int:

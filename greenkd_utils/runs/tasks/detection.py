@@ -132,10 +132,7 @@ class DetectionTask(Task):
     generator_on_cpu = True
     # mAP takes longer than an epoch of the demo: after the last epoch, and every eval_every epochs if asked.
     evaluates_every_epoch = False
-
-    @classmethod
-    def recognises(cls, config_dict: Dict[str, Any]) -> bool:
-        return config_dict.get("task") == "detection"
+    config_mark = ("task", "detection")
 
     @classmethod
     def upgrade_record(cls, record: Dict[str, Any]) -> Dict[str, Any]:

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from greenkd_utils.core.augment import BatchAugment
 from greenkd_utils.core.models import create_model
 from greenkd_utils.core.quantization import (
     BYTES_PER_MB,
@@ -72,14 +71,11 @@ class QATTask(ImageClassifierTask):
     config_type = QATConfig
     flop_definition = f"{CLASSIFICATION_FLOPS}; {QAT_FLOP_NOTE}"
     caches_teacher_outputs = False
+    config_mark = ("kind", "qat_fx")
 
     @classmethod
     def dependencies(cls, config: QATConfig) -> Dict[str, Any]:
         return {"initial": config.init_from} if config.init_from is not None else {}
-
-    @classmethod
-    def recognises(cls, config_dict: Dict[str, Any]) -> bool:
-        return config_dict.get("kind") == "qat_fx"
 
     @classmethod
     def has_kd_term(cls, config) -> bool:
