@@ -452,7 +452,7 @@ def render_markdown(figures: Dict[str, Any]) -> str:
         workers = environment.get("workers")
         lines += ["ResNet18 teacher -> MobileNetV2 student, HKD, stochastic tau, synthetic data in the paper's "
                   f"shapes; conventional: DataLoader + PIL transforms ({workers} workers), fp32; fast: "
-                  "`engine.train_epoch` (bf16 autocast, channels_last, fused SGD); speed-up in images/s over the "
+                  "the run lifecycle's training phase (bf16 autocast, channels_last, fused SGD); speed-up in images/s over the "
                   "conventional loop. GPU kWh per epoch before PUE.", ""]
         lines += _table(["device", "shape", "batch", "images/epoch", "conventional s/epoch", "fast s/epoch",
                          "speed-up", "fast GPU kWh/epoch", "fast + compile s/epoch", "speed-up with compile",

@@ -23,12 +23,10 @@ from test_dfkd import DEEPINVERSION, STUDENT, digits_config  # noqa: E402
 from test_detection_training import headline_configs  # noqa: E402
 from test_tasks_classification import HEADLINE  # noqa: E402
 
-from greenkd_utils.runs.tasks.data_free import train_dfkd  # noqa: E402
-from greenkd_utils.runs.tasks.detection import train_detection_run  # noqa: E402
 from greenkd_utils.core.config import TemperatureSpec  # noqa: E402
 from greenkd_utils.runs.execution import cpu_capability  # noqa: E402
+from greenkd_utils.runs.lifecycle import train as train_run  # noqa: E402
 from greenkd_utils.runs.store import RunStore  # noqa: E402
-from greenkd_utils.runs.tasks.classification import train_run  # noqa: E402
 from greenkd_utils.settings.profiles import load_profile  # noqa: E402
 
 

@@ -286,8 +286,8 @@ class RunStore:
             if opened.moved_to is not None:
                 raise CorruptRunError(
                     opened.problem,
-                    f"The run was moved aside to {opened.moved_to}; ask for it again (train_run or the task's "
-                    f"own entry point) to train it anew",
+                    f"The run was moved aside to {opened.moved_to}; ask for it again "
+                    f"(runs.lifecycle.train) to train it anew",
                 )
             if opened.problem is not None:
                 raise CorruptRunError(opened.problem, retrain_advice(run_dir))
