@@ -190,7 +190,7 @@ def step_paper_run(out_dir: Path, n_train: int, n_test: int, epochs: int, teache
                    device_name: str = "cuda") -> int:
     import torch
 
-    from greenkd_utils.runs.tasks.classification import ExecutionPlan
+    from greenkd_utils.runs.execution import ExecutionPlan
     from greenkd_utils.paper.experiments import setup
 
     device = torch.device(device_name)

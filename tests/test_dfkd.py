@@ -298,7 +298,7 @@ def test_headline_data_free_student_recognises_real_digits(headline):
 
 
 def test_the_student_never_receives_a_real_training_image(headline):
-    from greenkd_utils.runs.tasks.classification import prepare_data
+    from greenkd_utils.runs.device_data import prepare_data
 
     (data,) = headline["given"]
     assert data.train[0].numel() == 0 and data.train[1].numel() == 0  # the loop cannot reach them

@@ -68,6 +68,6 @@ def test_installed_versions_and_run_records_match_the_lock():
     for name, version in pins.items():
         assert Version(metadata.version(name)) == Version(version), f"{name}: installed {metadata.version(name)}, locked {version}"
     recorded = library_versions()
-    for name in ("torch", "torchvision", "numpy"):
+    for name in ("torch", "torchvision", "numpy", "timm"):
         # torch's own version string carries the CUDA build as a local label (2.14.1+cu130).
         assert Version(recorded[name]).public == Version(pins[name]).public, (name, recorded[name], pins[name])

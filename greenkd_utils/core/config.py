@@ -267,8 +267,8 @@ class DistillSpec:
 
     @property
     def distils(self) -> bool:
-        """Whether the run has a KD term (and so a tau to draw, fix or search)."""
-        return self.temperature is not None
+        """Whether the run has a KD term (and so a tau to draw, fix or search): a temperature and a teacher."""
+        return self.temperature is not None and self.teacher is not None
 
     def check_distillation(self, distils: bool, plain_loss: str, plain_loss_name: str,
                            shared_with_teacher: Tuple[str, ...], mismatch: str) -> None:

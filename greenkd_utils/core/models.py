@@ -37,7 +37,6 @@ import logging
 import math
 from typing import Any, Callable, Dict, List
 
-import timm
 import torch
 from torch import nn
 from torchvision import models as tvm
@@ -86,7 +85,16 @@ def check_model_name(name: Any) -> None:
                          f"or {TIMM_PREFIX}<name> for any model in timm.list_models()")
 
 
+def _timm():
+    # Imported on first use: timm takes seconds to import, and only a "timm:" model needs it (every process
+    # that reads a config, a Ray worker included, would pay for it otherwise).
+    import timm
+
+    return timm
+
+
 def _check_timm_name(name: str) -> None:
+    timm = _timm()
     timm_name = name[len(TIMM_PREFIX):]
     architecture, dot, tag = timm_name.partition(".")
     if dot and timm.is_model(architecture):
@@ -110,7 +118,7 @@ def create_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer; got {value!r}")
     if is_timm_model(name):
-        model = timm.create_model(name[len(TIMM_PREFIX):], pretrained=False,
+        model = _timm().create_model(name[len(TIMM_PREFIX):], pretrained=False,
                                   num_classes=num_classes, in_chans=in_channels)
     else:
         model = MODELS[name](num_classes=num_classes, in_channels=in_channels)

@@ -1,7 +1,7 @@
 """Table 8: three ways of getting a small MobileNetV2 side by side: the float network trained alone
 (cross-entropy), the same network trained with quantization-aware training and converted to int8, and KD from a
 ResNet18 teacher with a tuned or a stochastic temperature. The QAT row costs the float training it starts from
-plus QAT itself (:class:`~greenkd_utils.runs.tasks.qat.QATPipeline`)."""
+plus QAT itself (:class:`~greenkd_utils.runs.sweep.QATPipeline`)."""
 
 from __future__ import annotations
 

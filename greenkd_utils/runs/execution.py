@@ -8,6 +8,7 @@ import dataclasses
 import os
 import platform
 import socket
+from importlib import metadata
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional
 
@@ -108,6 +109,8 @@ def library_versions() -> Dict[str, str]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
+        # A "timm:" model's architecture is timm's code: its version says which.
+        "timm": metadata.version("timm"),
         "cuda": str(torch.version.cuda),
     }
 

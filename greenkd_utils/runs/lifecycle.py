@@ -55,6 +55,7 @@ from greenkd_utils.runs.execution import (
 from greenkd_utils.runs.record import RunResult
 from greenkd_utils.runs.registry import task_for
 from greenkd_utils.runs.store import RunStore
+from greenkd_utils.runs.tasks import classification, data_free, detection, qat  # noqa: F401  (they register)
 from greenkd_utils.runs.task import EpochTally, RunCounts, Task
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ class TrainingSteps:
 
 
 def _sum(losses: Dict[str, torch.Tensor]) -> torch.Tensor:
+    # Left to right from the first term, not sum() (which starts from 0): one loss term is returned as it is,
+    # and the additions are those a task would write by hand, so the numbers are bit for bit the same.
     terms = iter(losses.values())
     total = next(terms)
     for term in terms:

@@ -27,8 +27,10 @@ from greenkd_utils.core.config import StoredConfig, TemperatureSpec
 from greenkd_utils.energy.flops import gflops_millions
 from greenkd_utils.energy.report import EnergyReport
 from greenkd_utils.runs.execution import describe_device, resolve_device
-from greenkd_utils.runs.registry import task_for
+from greenkd_utils.runs.executors import LocalExecutor
+from greenkd_utils.runs.lifecycle import cached_result
 from greenkd_utils.runs.plan import RunPlan
+from greenkd_utils.runs.registry import task_for
 from greenkd_utils.runs.record import RunResult
 from greenkd_utils.runs.store import RunStore
 
@@ -156,8 +158,6 @@ def project(plan: RunPlan, store: RunStore, profile: str, pue: float, carbon_int
             device="auto", data_root=None, executor=None, progress: bool = False) -> Bill:
     """The bill of ``plan``'s runs that ``store`` lacks, calibrating each run shape once on ``device`` (the
     calibration runs are themselves a plan, trained by ``executor``: local by default, or Ray)."""
-    from greenkd_utils.runs.executors import LocalExecutor
-
     missing = plan.missing(store)
     bill = Bill(profile, _device_name(device), pue, carbon_intensity_g_per_kwh, len(plan), len(plan) - len(missing),
                 adaptive=list(plan.adaptive))
@@ -169,14 +169,14 @@ def project(plan: RunPlan, store: RunStore, profile: str, pue: float, carbon_int
     (executor or LocalExecutor()).run(shapes, calibrations, device=device, data_root=data_root,
                                       progress=progress).raise_if_failed()
     for run in fresh.order():
-        result = RunResult.from_dict(calibrations.load_result(run.config), calibrations.run_dir(run.config))
+        result = cached_result(run.config, calibrations)
         bill.calibration_wall_time_s += result.wall_time_s
         bill.calibration_energy_kwh += result.energy.energy_kwh
     measured: Dict[str, RunResult] = {}
     for run in missing.order():
         config = calibration_config(run.config)
         if config.key not in measured:
-            measured[config.key] = RunResult.from_dict(calibrations.load_result(config), calibrations.run_dir(config))
+            measured[config.key] = cached_result(config, calibrations)
         bill.runs.append(_projected(run, measured[config.key]))
     return bill
 

@@ -1,20 +1,18 @@
 """Where the lifecycle, the sweeps and the bill find every kind of run: a task class registers here under
 its name with :func:`register_task`, and is looked up by name, by config or by a stored config dict.
 
-A leaf module: it imports nothing from greenkd_utils, so any layer may register or look up a task. The
-built-in kinds of run (the modules of ``greenkd_utils.runs.tasks``, :data:`BUILT_IN_TASKS`) register when they
-are imported; the first lookup imports them by name, so a stored record loads wherever it is read. A kind of
-run of your own registers when its module is imported.
+A leaf module: it imports nothing, so a task module registers here without importing the lifecycle that runs
+it. A task registers when its module is imported: :mod:`greenkd_utils.runs.lifecycle` imports the built-in
+ones (``greenkd_utils.runs.tasks``), a kind of run of your own registers when you import its module.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Dict
 
-BUILT_IN_TASKS = tuple(f"greenkd_utils.runs.tasks.{name}" for name in ("classification", "data_free", "detection", "qat"))
-
 TASKS: Dict[str, type] = {}
+
+_HINT = "the built-in kinds of run register when greenkd_utils.runs.lifecycle is imported"
 
 
 def register_task(cls: type) -> type:
@@ -26,8 +24,8 @@ def register_task(cls: type) -> type:
 
 
 def _registered() -> Dict[str, type]:
-    for module in BUILT_IN_TASKS:
-        importlib.import_module(module)  # a no-op once imported
+    if not TASKS:
+        raise LookupError(f"no kind of run is registered yet: {_HINT}")
     return TASKS
 
 

@@ -166,8 +166,9 @@ class Task:
 
     @classmethod
     def has_kd_term(cls, config) -> bool:
-        """Whether ``config``'s runs distil (and so have a tau to draw, fix or search)."""
-        return getattr(config, "temperature", None) is not None
+        """Whether ``config``'s runs distil (and so have a tau to draw, fix or search): ``DistillSpec.distils``;
+        a config without distillation fields has no KD term."""
+        return bool(getattr(config, "distils", False))
 
     @property
     def temperature_spec(self):

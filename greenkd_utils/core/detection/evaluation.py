@@ -151,7 +151,7 @@ def evaluate_detections(
 def predict(model, images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int = 64, plan=None) -> List[Dict]:
     """Detections of ``model`` on uint8 images (on the model's device), moved to the CPU.
 
-    ``plan``: an :class:`~greenkd_utils.runs.tasks.classification.ExecutionPlan` (memory format, autocast) or None.
+    ``plan``: the run's execution plan (``prepare_batch`` and ``autocast``: memory format, bf16) or None.
     """
     was_training = model.training
     model.eval()

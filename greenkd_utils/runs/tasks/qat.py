@@ -77,10 +77,6 @@ class QATTask(ImageClassifierTask):
     def dependencies(cls, config: QATConfig) -> Dict[str, Any]:
         return {"initial": config.init_from} if config.init_from is not None else {}
 
-    @classmethod
-    def has_kd_term(cls, config) -> bool:
-        return False
-
     @property
     def temperature_spec(self):
         return None
@@ -112,7 +108,9 @@ class QATTask(ImageClassifierTask):
     @contextlib.contextmanager
     def epoch_context(self, epoch: int):
         self.frozen = epoch >= self.config.freeze_epoch
-        self.model.train()  # before freezing: observers and batch-norm statistics stay as they were frozen
+        # Training mode first, then the freeze: a fused conv-bn keeps its frozen statistics through the
+        # lifecycle's own train() call at the start of the training phase.
+        self.model.train()
         with quiet_quantization_warnings():
             if self.frozen:
                 freeze_quantization(self.model)
