@@ -178,6 +178,32 @@ def test_a_resumed_run_equals_an_uninterrupted_one_global_rng_included(tmp_path,
     assert all(torch.allclose(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_of_the_earlier_layout_resumes_to_the_same_run(tmp_path, monkeypatch):
+    # Layout 2: the task's own state held its optimiser, lr schedule, generator and counts.
+    straight = lifecycle.train(ToyConfig(seed=4), RunStore(tmp_path / "straight"), "cpu", progress=False)
+    store, config, real_batches = RunStore(tmp_path / "old"), ToyConfig(seed=4), ToyTask.batches
+
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_batches(self, epoch)
+
+    monkeypatch.setattr(ToyTask, "batches", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        lifecycle.train(config, store, "cpu", progress=False)
+    monkeypatch.setattr(ToyTask, "batches", real_batches)
+    run_dir = store.run_dir(config)
+    checkpoint = store.load_checkpoint(run_dir)
+    old = {k: v for k, v in checkpoint.items() if k not in ("steps", "counts")}
+    old.update(layout=2, task={**checkpoint["task"], **checkpoint["steps"], **checkpoint["counts"]})
+    store.save_checkpoint(run_dir, old)
+    resumed = lifecycle.train(config, store, "cpu", progress=False)
+    # It continued from the second epoch, and ended where an uninterrupted run does.
+    assert [e["from_epoch"] for e in store.training_log() if e["event"] == "started"] == [0, 1]
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in straight.history], rel=1e-6)
+    assert resumed.flops == straight.flops
+
+
 # --------------------------------------------------------------------------- every task is a Task
 _NO_AUGMENT = AugmentSettings(crop_padding=0, flip=False, rotation_deg=0.0)
 

@@ -129,7 +129,8 @@ class TrainingSteps:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.task.generator.set_state(state["generator"].to(self.task.generator.get_state().device))
+        if "generator" in state:  # a data-free run of layout 2 kept none: its batches use per-epoch streams
+            self.task.generator.set_state(state["generator"].to(self.task.generator.get_state().device))
 
     def epoch(self, epoch: int, taus, on_step: Callable[[int], None]) -> Dict[str, Any]:
         """One epoch of training steps: the task computes each step's losses, the lifecycle steps."""
@@ -296,11 +297,22 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
 def _resumable(checkpoint: Optional[Dict[str, Any]], run_dir: Path) -> Optional[Dict[str, Any]]:
     if checkpoint is None:
         return None
+    if checkpoint.get("layout") == 2:
+        checkpoint = _from_layout_2(checkpoint)
     if checkpoint.get("layout") != CHECKPOINT_LAYOUT:
         log.warning("%s: the checkpoint was written by an earlier version of greenkd and cannot be resumed; "
                     "the run starts over from its first epoch", run_dir)
         return None
     return checkpoint
+
+
+def _from_layout_2(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+    """A checkpoint of layout 2, where the task held its optimiser, lr schedule, generator and counts, in
+    today's layout: an interrupted run of an earlier version resumes instead of starting over."""
+    task = dict(checkpoint["task"])
+    steps = {name: task.pop(name) for name in ("optimizer", "scheduler", "generator") if name in task}
+    counts = {name: task.pop(name) for name in ("samples_seen", "images_evaluated", "teacher_forwards") if name in task}
+    return {**checkpoint, "layout": CHECKPOINT_LAYOUT, "task": task, "steps": steps, "counts": counts}
 
 
 def _history_row(row: Dict[str, Any], history: List[Dict[str, Any]], used: np.ndarray, taus,
