@@ -113,13 +113,12 @@ class TrainingSteps:
     included), the lr schedule, the run's random generator and the teacher-output cache."""
 
     def __init__(self, task: Task, temperature, counts: RunCounts):
-        settings, device = task.train_settings, task.device
+        settings = task.train_settings
         self.task, self.counts = task, counts
         self.optimizer = make_optimizer(task.model, settings, task.plan,
                                         temperature.parameters() if temperature is not None else ())
         self.scheduler = make_scheduler(self.optimizer, task.steps_per_epoch, settings)
         self.clip_norm = getattr(settings, "grad_clip_norm", None)
-        task.generator = torch.Generator(device="cpu" if task.generator_on_cpu else device).manual_seed(task.config.seed)
         self.teacher_cache: Optional[torch.Tensor] = None
 
     def state_dict(self) -> Dict[str, Any]:
@@ -138,7 +137,7 @@ class TrainingSteps:
         task.model.train()
         if task.caches_teacher_outputs and task.teacher is not None and not task.augments and self.teacher_cache is None:
             # Without augmentation the teacher sees the same images every epoch: one pass serves the run.
-            self.teacher_cache = task.teacher_outputs()
+            self.teacher_cache = task.all_teacher_outputs()
             counts.teacher_forwards += int(self.teacher_cache.shape[0])
             counts.teacher_outputs_reused = True
         tally = EpochTally(task.device)
@@ -177,6 +176,7 @@ def begin(task: Task) -> Tuple[Optional[TemperatureSchedule], RunCounts, "Traini
     spec = task.temperature_spec
     temperature = spec.build(task.config.temperature_seed).to(task.device) if spec is not None else None
     task.build()
+    task.generator = torch.Generator(device="cpu" if task.generator_on_cpu else task.device).manual_seed(task.config.seed)
     counts = RunCounts()
     return temperature, counts, TrainingSteps(task, temperature, counts)
 

@@ -224,7 +224,7 @@ class Task:
         ``teacher_outputs``: the cached teacher outputs of the batch, if the lifecycle holds them."""
         raise NotImplementedError
 
-    def teacher_outputs(self) -> torch.Tensor:
+    def all_teacher_outputs(self) -> torch.Tensor:
         """The teacher's outputs on the whole un-augmented training set (for ``caches_teacher_outputs``)."""
         raise NotImplementedError
 

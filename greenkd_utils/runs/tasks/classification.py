@@ -89,7 +89,7 @@ class ImageClassifierTask(Task):
         return self.plan.prepare_batch(standardize(self.augment(batch.inputs.float() / 255.0, self.generator),
                                                    data.mean, data.std))
 
-    def teacher_outputs(self) -> torch.Tensor:
+    def all_teacher_outputs(self) -> torch.Tensor:
         data = self.data
         return predict_logits(self.teacher, data.train[0], data.mean, data.std, plan=self.plan)
 

@@ -185,7 +185,7 @@ class DetectionTask(Task):
     def augments(self) -> bool:
         return self.config.train.augment != "none"
 
-    def teacher_outputs(self) -> torch.Tensor:
+    def all_teacher_outputs(self) -> torch.Tensor:
         return teacher_logits_for(self.teacher, self.train_images, self.mean, self.std, self.plan)
 
     # -- one step --------------------------------------------------------------------------------
