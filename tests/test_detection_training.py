@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from tiny_runs import interrupt_in_second_epoch
 
 from greenkd_utils.core.config import TemperatureSpec
 from greenkd_utils.core.detection.config import (
@@ -152,18 +153,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(store, monkeypatch):
     weights = store.load_state_dict(config)
 
     resumed_config = config.replace(profile="test-resume")  # a new key, same numbers
-    original_batches = training.DetectionTask.batches
-
-    def crash_in_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original_batches(self, epoch)
-
-    monkeypatch.setattr(training.DetectionTask, "batches", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(resumed_config, store, "cpu", progress=False)
+    interrupt_in_second_epoch(training.DetectionTask, resumed_config, store, monkeypatch)
     assert (store.run_dir(resumed_config) / CHECKPOINT_FILE).is_file()
-    monkeypatch.setattr(training.DetectionTask, "batches", original_batches)
     resumed = train_run(resumed_config, store, "cpu", progress=False)
     for name, value in store.load_state_dict(resumed_config).items():
         assert torch.allclose(value.float(), weights[name].float(), atol=1e-6), name

@@ -4,7 +4,6 @@ seeding, the optimiser and its step, resume, the metered region and its phases, 
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 import types
@@ -13,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import interrupt_in_second_epoch, tiny_data_free, tiny_detection
 
 from greenkd_utils.core.config import AugmentSettings, RunConfig, StoredConfig, TemperatureSpec, TrainSettings
-from greenkd_utils.core.detection.config import DetectionRunConfig, DetectionTrainSettings
-from greenkd_utils.core.detection.models import AnchorSettings
-from greenkd_utils.core.detection.shapes import ShapesSettings
-from greenkd_utils.core.dfkd.config import DFKDConfig, SynthesisSettings
+from greenkd_utils.core.detection.config import DetectionRunConfig
+from greenkd_utils.core.dfkd.config import DFKDConfig
 from greenkd_utils.core.quantization import QATConfig
 from greenkd_utils.energy.phases import PHASES
 from greenkd_utils.runs import lifecycle, tasks
@@ -158,20 +156,10 @@ def test_a_resumed_run_equals_an_uninterrupted_one_global_rng_included(tmp_path,
     straight = lifecycle.train(ToyConfig(seed=3), store, "cpu", progress=False)
     resumed_config = ToyConfig(seed=3)  # the same run, in another store
     other_store = RunStore(tmp_path / "other")
-    real_batches = ToyTask.batches
-
-    def crash_in_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_batches(self, epoch)
-
-    monkeypatch.setattr(ToyTask, "batches", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        lifecycle.train(resumed_config, other_store, "cpu", progress=False)
+    interrupt_in_second_epoch(ToyTask, resumed_config, other_store, monkeypatch)
     # the checkpoint of the first epoch is there; the global RNG has moved on since
     assert (other_store.run_dir(resumed_config) / CHECKPOINT_FILE).is_file()
     torch.rand(100)
-    monkeypatch.setattr(ToyTask, "batches", real_batches)
     resumed = lifecycle.train(resumed_config, other_store, "cpu", progress=False)
     assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in straight.history], rel=1e-6)
     a, b = store.load_state_dict(straight.config), other_store.load_state_dict(resumed_config)
@@ -181,17 +169,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one_global_rng_included(tmp_path,
 def test_a_checkpoint_of_the_earlier_layout_resumes_to_the_same_run(tmp_path, monkeypatch):
     # Layout 2: the task's own state held its optimiser, lr schedule, generator and counts.
     straight = lifecycle.train(ToyConfig(seed=4), RunStore(tmp_path / "straight"), "cpu", progress=False)
-    store, config, real_batches = RunStore(tmp_path / "old"), ToyConfig(seed=4), ToyTask.batches
-
-    def crash_in_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_batches(self, epoch)
-
-    monkeypatch.setattr(ToyTask, "batches", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        lifecycle.train(config, store, "cpu", progress=False)
-    monkeypatch.setattr(ToyTask, "batches", real_batches)
+    store, config = RunStore(tmp_path / "old"), ToyConfig(seed=4)
+    interrupt_in_second_epoch(ToyTask, config, store, monkeypatch)
     run_dir = store.run_dir(config)
     checkpoint = store.load_checkpoint(run_dir)
     old = {k: v for k, v in checkpoint.items() if k not in ("steps", "counts")}
@@ -214,24 +193,11 @@ def _tiny_classification() -> RunConfig:
 
 
 def _tiny_data_free() -> DFKDConfig:
-    prof = load_profile("smoke")
-    teacher = prof.teacher_config("digits", 0, "wrn16_1").replace(train_subset=96, test_subset=40)
-    return DFKDConfig(
-        dataset="digits", model="wrn16_1", teacher=teacher,
-        synthesis=SynthesisSettings(method="deepinversion", iterations=2, batch_size=8),
-        temperature=TemperatureSpec.stochastic(2, 20), train=prof.train_settings("student", epochs=2, batch_size=8),
-        kd_steps=2, profile="test", val_fraction=0.2, train_subset=96, test_subset=40,
-    )
+    return tiny_data_free(train_subset=96, test_subset=40, iterations=2, batch_size=8, kd_steps=2)
 
 
 def _tiny_detection() -> DetectionRunConfig:
-    shapes = ShapesSettings(num_train=24, num_test=8, max_objects=2, min_size=0.3, max_size=0.65)
-    common = dict(dataset="shapes", image_size=32, anchors=AnchorSettings(num_feature_maps=3), shapes=shapes,
-                  val_fraction=0.25, profile="test")
-    train = DetectionTrainSettings(epochs=2, batch_size=6, optimizer="sgd", lr=0.05, augment="none")
-    teacher = DetectionRunConfig(role="teacher", model="vgg16_ssd", width=0.125, train=train, **common)
-    return DetectionRunConfig(role="kd", model="mobilenetv2_ssdlite", width=0.35, train=train, loss="hkd",
-                              temperature=TemperatureSpec.stochastic(), teacher=teacher, **common)
+    return tiny_detection(num_train=24, num_test=8, batch_size=6)
 
 
 def _tiny_qat() -> QATConfig:

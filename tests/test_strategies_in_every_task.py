@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_runs import tiny_data_free, tiny_detection
 
 from greenkd_utils.core.config import TemperatureSpec
-from greenkd_utils.core.detection.config import DetectionRunConfig, DetectionTrainSettings
+from greenkd_utils.core.detection.config import DetectionRunConfig
 from greenkd_utils.core import losses
 from greenkd_utils.core.detection import loss as detection_loss
 from greenkd_utils.core.detection.loss import anchor_distillation
-from greenkd_utils.core.detection.models import AnchorSettings
-from greenkd_utils.core.detection.shapes import ShapesSettings
-from greenkd_utils.core.dfkd.config import DFKDConfig, SynthesisSettings
+from greenkd_utils.core.dfkd.config import DFKDConfig
 from greenkd_utils.core.losses import KD_LOSSES
 from greenkd_utils.paper import table6_dfkd
 from greenkd_utils.paper.experiments import setup
 from greenkd_utils.runs.store import RunStore
 from greenkd_utils.runs.lifecycle import train as train_run
-from greenkd_utils.settings.profiles import load_profile
 
 STRATEGIES = {
     "per_sample": dict(temperature=TemperatureSpec.stochastic_per_sample(2, 20)),
@@ -29,24 +27,11 @@ STRATEGIES = {
 
 
 def _dfkd(**changes) -> DFKDConfig:
-    prof = load_profile("smoke")
-    teacher = prof.teacher_config("digits", 0, "wrn16_1").replace(train_subset=200, test_subset=100)
-    return DFKDConfig(
-        dataset="digits", model="wrn16_1", teacher=teacher,
-        synthesis=SynthesisSettings(method="deepinversion", iterations=3, batch_size=16),
-        temperature=TemperatureSpec.stochastic(2, 20), train=prof.train_settings("student", epochs=2, batch_size=16),
-        kd_steps=3, profile="test", val_fraction=0.2, train_subset=200, test_subset=100,
-    ).replace(**changes)
+    return tiny_data_free().replace(**changes)
 
 
 def _detection(**changes) -> DetectionRunConfig:
-    shapes = ShapesSettings(num_train=40, num_test=12, max_objects=2, min_size=0.3, max_size=0.65)
-    common = dict(dataset="shapes", image_size=32, anchors=AnchorSettings(num_feature_maps=3), shapes=shapes,
-                  val_fraction=0.25, profile="test")
-    train = DetectionTrainSettings(epochs=2, batch_size=10, optimizer="sgd", lr=0.05)
-    teacher = DetectionRunConfig(role="teacher", model="vgg16_ssd", width=0.125, train=train, **common)
-    return DetectionRunConfig(role="kd", model="mobilenetv2_ssdlite", width=0.35, train=train, loss="hkd",
-                              temperature=TemperatureSpec.stochastic(), teacher=teacher, **common).replace(**changes)
+    return tiny_detection().replace(**changes)
 
 
 def _check(result, config, taus_per_epoch: int):
