@@ -462,11 +462,12 @@ def test_successive_halving_stops_the_worse_taus_early_and_bills_every_trial(smo
         assert trial.stopped_at_epoch in (1, 3, 9)
         assert trial.pruned == (trial.stopped_at_epoch < 9)
         assert [r.config.train.epochs for r in trial.runs] == [e for e in (1, 3, 9) if e <= trial.stopped_at_epoch]
-    # Every trial starts; pruned ones stop early: fewer epochs than the grid's 6 x 9, even though these runs
-    # were each trained from scratch (none continued another) and all of them are billed.
+    # Every trial starts; pruned ones stop early. A trial pays for its furthest run, whose record covers
+    # the epochs before it: fewer epochs than the grid's 6 x 9.
     assert result.n_trials == len(grid) and sorted(set(asked)) == sorted(asked)
-    assert result.runs == result.all_runs == [r for t in result.trials for r in t.runs]
-    assert result.epochs_trained == sum(e for _, e in asked) < len(grid) * 9
+    assert result.runs == [t.runs[-1] for t in result.trials]
+    assert result.all_runs == [r for t in result.trials for r in t.runs]
+    assert result.epochs_trained == sum(t.stopped_at_epoch for t in result.trials) < len(grid) * 9
     # The bill is the sum over the runs it paid for.
     assert result.training_flops == pytest.approx(sum(r.training_flops for r in result.runs))
     assert result.training_flops == pytest.approx(1e12 * result.epochs_trained)
@@ -510,13 +511,16 @@ def test_successive_halving_on_real_runs_continues_reuses_and_never_bills_cached
             assert successive_halving.continues(second, first) and first not in trial.billed_runs
             assert not (store.run_dir(first.config) / RESUME_STATE_FILE).exists()
         if not trial.pruned:
-            # ... and the full-length run is the grid's run, trained on its own: the same numbers as the
-            # truncated runs for their epochs (they are its first epochs), billed next to them.
+            # ... and a survivor continues into the full-length run, the grid's run for its tau: only that
+            # run is billed, and no rung keeps its final state any more.
             last = trial.runs[-1]
-            assert last.config == full and not successive_halving.continues(last, trial.runs[-2])
-            assert [h["val_accuracy"] for h in last.history[:2]] == [h["val_accuracy"] for h in second.history]
-            assert trial.billed_runs == [second, last]
+            assert last.config == full and successive_halving.continues(last, trial.runs[-2])
+            assert last.history[:2] == second.history
+            assert trial.billed_runs == [last]
             assert not (store.run_dir(second.config) / RESUME_STATE_FILE).exists()
+        else:
+            assert trial.billed_runs == [trial.runs[-1]]
+            assert not (store.run_dir(trial.runs[-1].config) / RESUME_STATE_FILE).exists()
     assert result.runs == [r for t in result.trials for r in t.billed_runs]
     assert result.training_flops == pytest.approx(sum(r.training_flops for r in result.runs))
     assert result.energy.energy_kwh == pytest.approx(sum(r.energy.energy_kwh for r in result.runs), rel=1e-12)

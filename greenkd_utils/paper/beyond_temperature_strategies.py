@@ -31,6 +31,7 @@ from scipy import stats
 from greenkd_utils.analysis import plotting
 from greenkd_utils.core.config import RunConfig, TemperatureSpec
 from greenkd_utils.paper.experiments import hardware_of
+from greenkd_utils.runs.plan import PlannedSearch
 from greenkd_utils.runs.record import RunResult
 from greenkd_utils.runs.successive_halving import HalvingResult, successive_halving_sweep
 from greenkd_utils.runs.sweep import TunedResult
@@ -48,7 +49,7 @@ STRATEGY_LABELS = {
 }
 COLUMNS = (
     "strategy", "loss", "n_seeds", "accuracy_mean_pct", "ci_low_pct", "ci_high_pct", "energy_kwh",
-    "energy_source", "co2_g", "training_gflops_millions", "runs_trained", "hardware",
+    "energy_source", "co2_g", "training_gflops_millions", "flops_ratio_to_grid", "runs_trained", "hardware",
 )
 CONFIDENCE = 0.95
 
@@ -100,6 +101,9 @@ def needed_runs(exp, settings: BeyondSettings, plan) -> None:
             elif strategy == "tuned_successive_halving":
                 plan.note_adaptive(f"{NOTEBOOK}: successive halving's truncated rungs ({settings.dataset}, seeds "
                                    f"{list(settings.seeds)}) depend on earlier rungs' results; the notebook trains them")
+                grid = exp.tuned_configs(settings.dataset, seed, LOSS, taus=settings.tau_grid)
+                plan.add_search(PlannedSearch(NOTEBOOK, f"successive halving, {settings.dataset} seed {seed}",
+                                              grid, settings.halving))
             else:
                 plan.add(strategy_config(exp, settings, strategy, seed), NOTEBOOK)
 
@@ -126,6 +130,13 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Tu
     return mean, float(low), float(high)
 
 
+def flops_ratios_to_grid(results: Dict[str, List[RunResult | TunedResult]]) -> Dict[str, List[float]]:
+    """Per strategy and seed: its training FLOPs over the full grid's for the same seed (NaN without a grid)."""
+    grid = results.get("tuned_grid")
+    return {s: [r.training_flops / g.training_flops if grid else float("nan")
+                for r, g in zip(per_seed, grid or per_seed)] for s, per_seed in results.items()}
+
+
 def strategy_results(exp, settings: BeyondSettings) -> Dict[str, List[RunResult | TunedResult]]:
     """Every strategy's result for every seed, strategy by strategy."""
     return {s: [run_strategy(exp, settings, s, seed) for seed in settings.seeds] for s in settings.strategies}
@@ -135,6 +146,7 @@ def summary_table(exp, settings: BeyondSettings,
                   results: Optional[Dict[str, List[RunResult | TunedResult]]] = None) -> pd.DataFrame:
     """One row per strategy, with exactly the :data:`COLUMNS`."""
     results = results if results is not None else strategy_results(exp, settings)
+    ratios = flops_ratios_to_grid(results)
     rows = []
     for strategy, per_seed in results.items():
         accuracy, low, high = mean_interval([r.test_accuracy for r in per_seed])
@@ -150,6 +162,7 @@ def summary_table(exp, settings: BeyondSettings,
             "energy_source": "/".join(sorted({e.source for e in energies})),
             "co2_g": float(np.mean([e.co2_g for e in energies])),
             "training_gflops_millions": float(np.mean([r.training_gflops_millions for r in per_seed])),
+            "flops_ratio_to_grid": float(np.mean(ratios[strategy])),  # the mean of the per-seed ratios
             "runs_trained": float(np.mean([runs_trained(r) for r in per_seed])),
             "hardware": hardware_of(per_seed),
         })
@@ -159,9 +172,10 @@ def summary_table(exp, settings: BeyondSettings,
 def per_seed_table(exp, settings: BeyondSettings,
                    results: Dict[str, List[RunResult | TunedResult]]) -> pd.DataFrame:
     """One row per strategy and seed: accuracies, the tau a search chose, and the epochs each one trained."""
+    ratios = flops_ratios_to_grid(results)
     rows = []
     for strategy, per_seed in results.items():
-        for seed, r in zip(settings.seeds, per_seed):
+        for seed, r, ratio in zip(settings.seeds, per_seed, ratios[strategy]):
             searched = isinstance(r, TunedResult)
             rows.append({
                 "strategy": strategy,
@@ -174,8 +188,45 @@ def per_seed_table(exp, settings: BeyondSettings,
                 "taus_stopped_early": len(r.pruned_taus) if isinstance(r, HalvingResult) else 0,
                 "energy_kwh": exp.energy(r.energy).energy_kwh,
                 "training_gflops_millions": r.training_gflops_millions,
+                "flops_ratio_to_grid": ratio,
+                "teacher_passes": r.teacher_passes if isinstance(r, HalvingResult) else np.nan,
             })
     return pd.DataFrame(rows)
+
+
+def smart_baseline_vs_stochastic(results: Dict[str, List[RunResult | TunedResult]], exp=None,
+                                 baseline: str = "tuned_successive_halving",
+                                 method: str = "stochastic_per_batch") -> pd.DataFrame:
+    """The smart tuned baseline against the paper's stochastic tau, seed by seed (paired): the accuracy
+    difference (baseline - method, points) and the energy and FLOP ratios (baseline / method), each as the
+    mean over seeds with its 95% t interval."""
+    if baseline not in results or method not in results:
+        return pd.DataFrame()
+    pairs = list(zip(results[baseline], results[method]))
+    energy = (lambda r: exp.energy(r.energy).energy_kwh) if exp is not None else (lambda r: r.energy.energy_kwh)
+    rows = []
+    for quantity, values in (
+        ("accuracy_difference_pct", [b.test_accuracy - m.test_accuracy for b, m in pairs]),
+        ("energy_ratio", [energy(b) / energy(m) for b, m in pairs]),
+        ("flops_ratio", [b.training_flops / m.training_flops for b, m in pairs]),
+    ):
+        mean, low, high = mean_interval(values)
+        rows.append({"baseline": baseline, "method": method, "quantity": quantity, "n_seeds": len(pairs),
+                     "mean": mean, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def describe_comparison(comparison: pd.DataFrame) -> str:
+    """One sentence per quantity of :func:`smart_baseline_vs_stochastic`, intervals included."""
+    if comparison.empty:
+        return "successive halving or the per-batch stochastic tau is not among the strategies shown"
+    rows = comparison.set_index("quantity")
+    n = int(rows["n_seeds"].iloc[0])
+    acc, energy, flops = rows.loc["accuracy_difference_pct"], rows.loc["energy_ratio"], rows.loc["flops_ratio"]
+    return (f"successive halving minus stochastic tau: {acc['mean']:+.2f} points of test accuracy "
+            f"(95% CI {acc['ci_low']:+.2f} to {acc['ci_high']:+.2f}, {n} seeds, paired); it costs "
+            f"{energy['mean']:.1f}x the energy (95% CI {energy['ci_low']:.1f}-{energy['ci_high']:.1f}x) and "
+            f"{flops['mean']:.1f}x the training FLOPs (95% CI {flops['ci_low']:.1f}-{flops['ci_high']:.1f}x)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,9 +253,10 @@ def strategy_color(strategy: str) -> str:
     return palette[own.get(strategy, 5)]
 
 
-def plot_accuracy_vs_energy(table: pd.DataFrame, title: str):
+def plot_accuracy_vs_energy(table: pd.DataFrame, title: str, comparison: Optional[pd.DataFrame] = None):
     """Test accuracy (95% interval of the mean as error bars) against energy per seed (log scale), with the
-    Pareto front (the strategies nothing else beats on both) joined and ringed."""
+    Pareto front (the strategies nothing else beats on both) joined and ringed, and under it the paired
+    comparison of successive halving with the stochastic tau (:func:`smart_baseline_vs_stochastic`)."""
     plotting.use_style()
     fig, ax = plt.subplots(figsize=(8, 5))
     front = pareto_front(table)
@@ -227,7 +279,11 @@ def plot_accuracy_vs_energy(table: pd.DataFrame, title: str):
     ax.set(xlabel=f"energy per seed (kWh, device, before PUE; {source})",
            ylabel=f"test accuracy (%), mean and {CONFIDENCE:.0%} interval", title=title)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    if comparison is not None and not comparison.empty:
+        fig.text(0.01, 0.005, describe_comparison(comparison), fontsize=7, wrap=True, va="bottom")
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 

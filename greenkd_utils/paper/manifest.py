@@ -60,12 +60,15 @@ def projected_and_measured(output_dir: Path, results_dir: Optional[Path]) -> Opt
     projection = json.loads(plan_file.read_text())
     compared = measured_beside_projected(projection, RunStore(results_dir))
     return {
-        "projected": {k: projection[k] for k in ("label", "how", "device", "energy_sources", "totals",
-                                                  "adaptive_not_projected", "calibration")},
+        "projected": {k: projection.get(k) for k in ("label", "how", "device", "energy_sources", "totals",
+                                                      "adaptive_not_projected", "searches", "calibration")},
         "measured": None if compared is None else {
             "runs_compared": compared["runs_compared"],
             "runs_not_in_store": compared["runs_not_in_store"],
             "totals": compared["totals"],
+            # Per kind of run (classification, data_free_kd, detection, qat): projected / measured energy,
+            # device time and training FLOPs.
+            "by_kind": compared["by_kind"],
         },
     }
 

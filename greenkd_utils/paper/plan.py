@@ -18,7 +18,7 @@ import pandas as pd
 
 from greenkd_utils.paper.needed_runs import notebook_names, plan_notebooks
 from greenkd_utils.runs.executors import EXECUTORS, make_executor
-from greenkd_utils.runs.projection import PLAN_FILE, Bill, project
+from greenkd_utils.runs.projection import CALIBRATION_EPOCHS, PLAN_FILE, Bill, project
 from greenkd_utils.runs.store import atomic_write_json
 from greenkd_utils.settings.profiles import load_profile
 
@@ -41,7 +41,8 @@ def describe_bill(bill: Bill) -> str:
         f"  device-hours    {t['device_hours']:.3g}",
         f"  energy          {t['energy_kwh']:.3g} kWh ({t['energy_kwh_pue']:.3g} kWh with PUE {bill.pue:g})",
         f"  CO2eq           {t['co2_g']:.3g} g (at {bill.carbon_intensity_g_per_kwh:g} g/kWh)",
-        f"  how             from a one-epoch calibration run of each run's shape on this device, phase by phase; {energy}",
+        f"  how             from a {CALIBRATION_EPOCHS}-epoch calibration run of each run's shape on this device, epoch by "
+        f"epoch (the first, then every later one as the second); {energy}",
         f"  calibration     {bill.calibration_wall_time_s:.1f} s, {bill.calibration_energy_kwh:.3g} kWh (this call's share)",
     ]
     if not per_notebook.empty:
@@ -49,6 +50,17 @@ def describe_bill(bill: Bill) -> str:
         lines += ["    " + line for line in per_notebook.to_string(index=False, float_format="%.3g").splitlines()]
     for note in bill.adaptive:
         lines.append(f"  not projected: {note}")
+    searches: dict = {}
+    for search in bill.searches:  # one per seed, alike but for their seed: one line per notebook
+        searches.setdefault(search.notebook, []).append(search)
+    for notebook, alike in searches.items():
+        search = alike[0]
+        lines.append(
+            f"  projected apart, per seed ({len(alike)} seed(s)): {notebook}'s successive halving over "
+            f"{search.n_taus} taus: {search.expected_epochs:.0f} of the grid's "
+            f"{search.n_taus * search.epochs} epochs expected (5-95% over random rankings of the taus: "
+            f"{search.epochs_low:.0f}-{search.epochs_high:.0f}), {search.flops_ratio_to_grid:.2f}x the full grid's "
+            f"training FLOPs, {search.energy_kwh:.3g} kWh against the grid's {search.grid_energy_kwh:.3g}")
     return "\n".join(lines)
 
 

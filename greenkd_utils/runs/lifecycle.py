@@ -13,6 +13,7 @@
                     [training]     for batch in task.batches(): logits, losses = task.forward_train(batch, tau)
                                    sum(losses) -> backward -> clip -> optimiser step -> lr step   (here, TrainingSteps)
                                    teacher outputs computed once and reused when the images never change
+                                   (kept in the checkpoint: a resumed or continued run does not recompute them)
                     [evaluation]   task.evaluate()  (the images it read are counted here)
                     [checkpoints]  the whole state, after every epoch
       once:         [evaluation] task.finish() (final metrics)   [checkpoints] final weights and artefacts
@@ -122,14 +123,20 @@ class TrainingSteps:
         self.teacher_cache: Optional[torch.Tensor] = None
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "generator": self.task.generator.get_state()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "generator": self.task.generator.get_state()}
+        if self.teacher_cache is not None:
+            # Kept with the state: a resumed or continued run (a successive-halving rung) reuses the one pass.
+            state["teacher_outputs"] = self.teacher_cache.detach().cpu()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if "generator" in state:  # a data-free run of layout 2 kept none: its batches use per-epoch streams
             self.task.generator.set_state(state["generator"].to(self.task.generator.get_state().device))
+        if state.get("teacher_outputs") is not None:
+            self.teacher_cache = state["teacher_outputs"].to(self.task.device)
 
     def epoch(self, epoch: int, taus, on_step: Callable[[int], None]) -> Dict[str, Any]:
         """One epoch of training steps: the task computes each step's losses, the lifecycle steps."""
@@ -139,6 +146,7 @@ class TrainingSteps:
             # Without augmentation the teacher sees the same images every epoch: one pass serves the run.
             self.teacher_cache = task.all_teacher_outputs()
             counts.teacher_forwards += int(self.teacher_cache.shape[0])
+            counts.teacher_passes += 1
             counts.teacher_outputs_reused = True
         tally = EpochTally(task.device)
         for step, batch in enumerate(task.batches(epoch)):
@@ -265,6 +273,7 @@ def _live(task: Task, run_dir: Path, store: RunStore, progress: bool) -> Dict[st
     flops = task.flops(counts)
     if task.caches_teacher_outputs:
         flops["teacher_outputs_reused"] = counts.teacher_outputs_reused
+        flops["teacher_passes"] = counts.teacher_passes
     by_phase = flops["by_phase"]
     flops["training_flops"] = float(sum(v for k, v in by_phase.items() if k != "evaluation"))
     flops["definition"] = f"{task.flop_definition}; {FLOP_PHASES_NOTE}"

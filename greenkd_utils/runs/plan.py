@@ -7,7 +7,8 @@ comes before every run that distils from it.
 
 A search that decides its runs while it goes (successive halving: which taus reach the next rung depends on
 the last rung's results) cannot be listed up front; the plan keeps a note of it (:attr:`RunPlan.adaptive`)
-and the notebook trains those runs itself.
+and the search itself (:attr:`RunPlan.searches`: its grid and settings), which the bill projects as an
+expectation, and the notebook trains those runs itself.
 """
 
 from __future__ import annotations
@@ -35,12 +36,24 @@ class PlannedRun:
     task = property(lambda self: task_for(self.config).name)
 
 
+@dataclass
+class PlannedSearch:
+    """A successive-halving search of one notebook: the full-length configs of its grid (one per tau) and
+    its :class:`~greenkd_utils.runs.successive_halving.HalvingSettings`."""
+
+    needed_by: str
+    description: str
+    grid: List[Any]
+    settings: Any
+
+
 class RunPlan:
     """Runs by key, each once, with the edges to their dependencies."""
 
     def __init__(self) -> None:
         self.runs: Dict[str, PlannedRun] = {}
         self.adaptive: List[str] = []
+        self.searches: List[PlannedSearch] = []
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -69,6 +82,10 @@ class RunPlan:
     def note_adaptive(self, description: str) -> None:
         if description not in self.adaptive:
             self.adaptive.append(description)
+
+    def add_search(self, search: PlannedSearch) -> None:
+        """A search whose runs depend on its own results: its rungs are projected, not listed."""
+        self.searches.append(search)
 
     def order(self) -> List[PlannedRun]:
         """Every run after the runs it needs (depth-first, otherwise in the order they were added)."""
@@ -124,6 +141,7 @@ class RunPlan:
                 kept = [d for d in run.dependencies if not cached[d]]
                 rest.runs[run.key] = dataclasses.replace(run, dependencies=kept, needed_by=list(run.needed_by))
         rest.adaptive = list(self.adaptive)
+        rest.searches = list(self.searches)
         return rest
 
     def by_notebook(self) -> Dict[str, List[PlannedRun]]:

@@ -12,14 +12,22 @@ all in the one atomic write of ``result.json``. A record names another run when 
 hash or the seal's ``key`` is not the folder's; it fails its seal when its record digest differs (an edited
 number) or a sealed file is missing or fails its digest (flipped or truncated bytes). The checks here only
 read; :class:`~greenkd_utils.runs.store.RunStore` decides what to do with a run that fails them.
+
+A run's seal is verified once per process (:class:`VerifiedSeals`): the record and the seal that passed are
+remembered with the stat of ``result.json`` and of every sealed file (size, modification and change times,
+inode), as git's index remembers a file. A later look compares the stats only and reads no file's contents;
+a file written, replaced or touched since then has another stat, and the run is read and verified again.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
+import threading
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from greenkd_utils.core.config import config_key
 
@@ -94,3 +102,55 @@ def seal_problem(key: str, run_dir: Path, path: Path, record: Dict[str, Any], se
         if sha256_file(file) != expected:
             return f"{file} does not match the SHA-256 recorded when the run finished (damaged or changed)"
     return None
+
+
+def _stat_signature(path: Path) -> Optional[Tuple[int, int, int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    # The change time moves on any write or touch and cannot be set back, unlike the modification time.
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class VerifiedSeals:
+    """Runs whose seal passed in this process, each with the stats of its files when the check read them."""
+
+    def __init__(self):
+        self._runs: Dict[Path, Tuple[Tuple, Dict[str, Any], Dict[str, Any]]] = {}
+        self._guard = threading.Lock()
+
+    @staticmethod
+    def signature(run_dir: Path, result_name: str, seal: Dict[str, Any]) -> Tuple:
+        """The stats of ``result_name`` and of every file ``seal`` covers."""
+        names = (result_name, *sorted(seal.get("files", {})))
+        return tuple((name, _stat_signature(Path(run_dir) / name)) for name in names)
+
+    def remember(self, run_dir: Path, result_name: str, record: Dict[str, Any], seal: Dict[str, Any],
+                 signature: Tuple) -> None:
+        """Remember a run that passed its seal. ``signature`` was taken before its files were read: a file
+        written during the check leaves the signatures different, and nothing is remembered."""
+        if signature != self.signature(run_dir, result_name, seal):
+            return
+        with self._guard:
+            self._runs[Path(run_dir)] = (signature, copy.deepcopy(record), copy.deepcopy(seal))
+
+    def lookup(self, run_dir: Path, result_name: str) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+        """Copies of the record and seal of a run verified earlier whose files kept their stats, else None."""
+        with self._guard:
+            known = self._runs.get(Path(run_dir))
+        if known is None:
+            return None
+        signature, record, seal = known
+        if signature != self.signature(run_dir, result_name, seal):
+            self.forget(run_dir)
+            return None
+        return copy.deepcopy(record), copy.deepcopy(seal)
+
+    def forget(self, run_dir: Path) -> None:
+        with self._guard:
+            self._runs.pop(Path(run_dir), None)
+
+
+# One per process: every RunStore on the same folders shares what was verified.
+VERIFIED_SEALS = VerifiedSeals()

@@ -72,6 +72,7 @@ from greenkd_utils.runs.safe_load import (
 from greenkd_utils.runs.seal import (
     DIGEST_ALGORITHM,
     INTEGRITY_FIELD,
+    VERIFIED_SEALS,
     identity_problem,
     seal_problem,
     sealed_record,
@@ -332,10 +333,14 @@ class RunStore:
         atomic_write_json(run_dir / RESULT_FILE, sealed_record(key, run_dir, self._sealed_files(run_dir), record))
 
     def _inspect(self, key: str, run_dir: Path) -> _Inspection:
-        """Read and check a run folder; changes nothing."""
+        """Read and check a run folder (once per process while its files keep their stats); changes nothing."""
         path = run_dir / RESULT_FILE
+        verified = VERIFIED_SEALS.lookup(run_dir, RESULT_FILE)
+        if verified is not None:
+            return _Inspection(record=verified[0], seal=verified[1])
         if not path.is_file():
             return _Inspection()
+        stat_before = VERIFIED_SEALS.signature(run_dir, RESULT_FILE, {})[0]
         try:
             record = json.loads(path.read_bytes())
         except (OSError, ValueError) as err:  # ValueError: bad JSON, and bytes that are not text
@@ -343,12 +348,19 @@ class RunStore:
         if not isinstance(record, dict):
             return _Inspection(problem=f"{path} is not a result record (it holds a {type(record).__name__})")
         seal = record.pop(INTEGRITY_FIELD, None)
+        signature = None
+        if isinstance(seal, dict) and isinstance(seal.get("files"), dict):
+            signature = VERIFIED_SEALS.signature(run_dir, RESULT_FILE, seal)  # before the sealed files are read
+            if signature[0] != stat_before:  # result.json was replaced while it was read
+                signature = None
         problem = identity_problem(key, path, record)
         if problem is None:
             problem = self._legacy_problem(key, run_dir, record) if seal is None else seal_problem(
                 key, run_dir, path, record, seal)
         if problem is not None:
             return _Inspection(problem=problem)
+        if signature is not None:
+            VERIFIED_SEALS.remember(run_dir, RESULT_FILE, record, seal, signature)
         return _Inspection(record=record, seal=seal)
 
     def _legacy_problem(self, key: str, run_dir: Path, record: Dict[str, Any]) -> Optional[str]:

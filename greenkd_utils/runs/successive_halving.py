@@ -7,19 +7,25 @@ in the top 1/``reduction_factor`` of the trials that reached that rung so far; o
 The winner is chosen on validation among the trials that ran to full length, as in the grid
 (:func:`~greenkd_utils.runs.sweep.choose_on_validation`), and its accuracy is that run's test accuracy.
 
-How a trial stops early without faking a finished run: training up to rung k < the full length is a run of
-its own, the *truncated* config (:func:`truncated`: the full run's schedule, milestones and warm-up
-included, with ``epochs`` = k). It has its own key in the run store, so it is never mistaken for the
-full-length run, and it is exactly the first k epochs of that run. A truncated run keeps its final training
-state, and the next truncated rung starts from it (as an interrupted run resumes from its checkpoint)
-instead of retraining those epochs. The last rung is the full-length config itself, trained from scratch or
-loaded like any run: the very run the grid trains, so that the two searches share it exactly (a cache hit
-whichever runs first) and a shared run's record never depends on which search trained it.
+No work twice. Training up to rung k < the full length is a run of its own, the *truncated* config
+(:func:`truncated`: the full run's schedule, milestones and warm-up included, with ``epochs`` = k): its own key
+in the run store, numerically the first k epochs of the full run. A truncated run keeps its final training
+state (:data:`RESUME_STATE_FILE`), and the next rung starts from it, as an interrupted run resumes from its
+checkpoint: the same weights, optimiser state, lr schedule, random generator and cached teacher outputs. A
+trial that survives the last truncated rung continues the same way into the full-length config, through the
+ordinary lifecycle: that run, cached and resumable like any, is the number the trial reports. Its key is the
+grid's run for that tau, so the two searches share it: the continuation gives the same weights and accuracy as
+a run trained from its first epoch, and whichever search comes first trains it.
 
-The bill is every run the search started, cached or not, at the cost recorded when it was trained (a cached
-run is never free): for each trial, its truncated runs and, if it reached the last rung, its full-length
-run. A truncated run that continued the previous one carries that run's epochs in its own history, energy
-and FLOPs, so the previous one is not counted twice.
+What the teacher costs. Without augmentation the teacher's outputs on the training images never change; a
+run computes them once, keeps them with its checkpoint, and every later rung of the trial (and its
+continuation) reuses them, so a trial pays one teacher pass. With augmentation every step forwards the teacher
+on its own batch; nothing is reused, and each rung pays for the steps it trains.
+
+The bill. A trial costs what its furthest run's record says: that record covers every epoch before it (and
+its one teacher pass), whether it continued the earlier rungs or was trained from its first epoch by the
+grid. The earlier rungs of a trial are therefore never billed beside it, and the search costs the same
+whichever order the notebooks ran in. :func:`expected_search` projects that cost before any training.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from greenkd_utils.core.config import RunConfig, TemperatureSpec
 from greenkd_utils.runs.lifecycle import train as train_run
@@ -96,9 +102,8 @@ class HalvingTrial:
 
     @property
     def billed_runs(self) -> List[RunResult]:
-        """The runs this trial paid for: all of them but a truncated run that the next one continued."""
-        later = self.runs[1:] + [None]
-        return [run for run, successor in zip(self.runs, later) if successor is None or not continues(successor, run)]
+        """The run this trial pays for: its furthest, whose record covers every epoch before it."""
+        return self.runs[-1:]
 
 
 def continues(longer: RunResult, shorter: RunResult) -> bool:
@@ -114,8 +119,8 @@ def continues(longer: RunResult, shorter: RunResult) -> bool:
 
 @dataclass
 class HalvingResult(TunedResult):
-    """A :class:`TunedResult` whose ``runs`` are every run the search paid for (truncated ones included, in
-    trial and rung order) and whose ``chosen`` is the full-length run of the tau chosen on validation."""
+    """A :class:`TunedResult` whose ``runs`` are the run each trial pays for (its furthest, in trial order) and
+    whose ``chosen`` is the full-length run of the tau chosen on validation."""
 
     trials: List[HalvingTrial] = field(default_factory=list)
     rungs: Tuple[int, ...] = ()
@@ -127,8 +132,13 @@ class HalvingResult(TunedResult):
 
     @property
     def all_runs(self) -> List[RunResult]:
-        """Every run of every trial, in trial and rung order (``runs`` leaves out those a later one continued)."""
+        """Every run of every trial, in trial and rung order (``runs`` keeps each trial's furthest)."""
         return [run for t in self.trials for run in t.runs]
+
+    @property
+    def teacher_passes(self) -> int:
+        """Passes of the teacher over the training set that the bill counts (one per trial without augmentation)."""
+        return sum(int(r.flops.get("teacher_passes", 0)) for r in self.runs)
 
 
 class _KeepFinalState(RunStore):
@@ -191,6 +201,42 @@ def _import_optuna():
     return optuna
 
 
+def search(taus: Sequence[float], epochs: int, settings: HalvingSettings,
+           advance: Callable[[float, int], Sequence[float]]) -> Dict[float, Tuple[List[float], bool]]:
+    """Successive halving over ``taus`` with Optuna: ``advance(tau, rung)`` trains (or loads) the trial of
+    ``tau`` up to ``rung`` epochs and gives its validation accuracy after each of its epochs so far. Per tau:
+    the accuracies the pruner saw, and whether it stopped early. The training search and its projection
+    (:func:`expected_search`) both run this, so that they prune alike."""
+    optuna = _import_optuna()
+    rungs = settings.rungs(epochs)
+    seen: Dict[float, Tuple[List[float], bool]] = {}
+
+    def run_trial(trial) -> float:
+        tau = float(trial.suggest_categorical("tau", list(taus)))
+        values: List[float] = []
+        seen[tau] = (values, False)
+        for rung in rungs:
+            for value in list(advance(tau, rung))[len(values):]:
+                values.append(float(value))
+                trial.report(float(value), step=len(values))
+                # A finished full-length run has nothing left to save: pruning it would only drop its result.
+                if len(values) < epochs and trial.should_prune():
+                    seen[tau] = (values, True)
+                    raise optuna.TrialPruned()
+        return values[-1]
+
+    with _quiet_optuna(optuna):
+        study = optuna.create_study(
+            direction="maximize",
+            sampler=optuna.samplers.GridSampler({"tau": list(taus)}, seed=settings.seed),
+            pruner=optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=rungs[0], reduction_factor=settings.reduction_factor, min_early_stopping_rate=0
+            ),
+        )
+        study.optimize(run_trial, n_trials=len(taus))
+    return seen
+
+
 def successive_halving_sweep(
     base: RunConfig,
     taus: Iterable[float],
@@ -212,47 +258,30 @@ def successive_halving_sweep(
         raise ValueError("the tau grid is empty")
     if len(set(taus)) != len(taus):
         raise ValueError(f"the tau grid has repeated values: {taus}")
-    optuna = _import_optuna()
-    rungs = settings.rungs(base.train.epochs)
+    epochs = base.train.epochs
+    rungs = settings.rungs(epochs)
     full = {tau: base.replace(temperature=TemperatureSpec.fixed(tau)) for tau in taus}
-    trials: Dict[float, HalvingTrial] = {}
+    trials = {tau: HalvingTrial(tau) for tau in taus}
 
-    def run_trial(trial) -> float:
-        tau = float(trial.suggest_categorical("tau", taus))
-        record = trials[tau] = HalvingTrial(tau)
-        previous: Optional[RunConfig] = None
-        for rung in rungs:
-            if rung == rungs[-1]:  # the grid's own run, never seeded from a truncated one
-                config = full[tau]
-                run = train(config, store, device, data_root, progress)
-            else:
-                config = truncated(full[tau], rung)
-                _continue_from(previous, config, store)
-                run = train(config, _KeepFinalState(store.root, config), device, data_root, progress)
-            if previous is not None:
-                _drop_resume_state(previous, store)
-            record.runs.append(run)
-            for row in run.history[record.stopped_at_epoch:]:
-                trial.report(float(row["val_accuracy"]), step=int(row["epoch"]))
-                record.val_accuracy_per_epoch.append(float(row["val_accuracy"]))
-                # A finished full-length run has nothing left to save: pruning it would only drop its result.
-                if int(row["epoch"]) < base.train.epochs and trial.should_prune():
-                    record.pruned = True
-                    raise optuna.TrialPruned()
-            previous = config
-        return float(run.val_accuracy)
+    def advance(tau: float, rung: int) -> List[float]:
+        trial = trials[tau]
+        previous = trial.runs[-1].config if trial.runs else None
+        config = full[tau] if rung == epochs else truncated(full[tau], rung)
+        _continue_from(previous, config, store)
+        # A truncated run keeps its final state for the next rung; the full-length run is the grid's own.
+        run_store = store if rung == epochs else _KeepFinalState(store.root, config)
+        run = train(config, run_store, device, data_root, progress)
+        if previous is not None:
+            _drop_resume_state(previous, store)
+        trial.runs.append(run)
+        return [float(row["val_accuracy"]) for row in run.history]
 
-    with _quiet_optuna(optuna):
-        study = optuna.create_study(
-            direction="maximize",
-            sampler=optuna.samplers.GridSampler({"tau": taus}, seed=settings.seed),
-            pruner=optuna.pruners.SuccessiveHalvingPruner(
-                min_resource=rungs[0], reduction_factor=settings.reduction_factor, min_early_stopping_rate=0
-            ),
-        )
-        study.optimize(run_trial, n_trials=len(taus))
-
+    for tau, (values, pruned) in search(taus, epochs, settings, advance).items():
+        trials[tau].val_accuracy_per_epoch, trials[tau].pruned = values, pruned
     ordered = [trials[tau] for tau in taus]  # grid order, so that ties go to the earlier grid value
+    for trial in ordered:
+        if trial.pruned and trial.runs:  # a stopped trial's last rung is not continued: its state can go
+            _drop_resume_state(trial.runs[-1].config, store)
     chosen = choose_on_validation([t.runs[-1] for t in ordered if not t.pruned])
     result = HalvingResult(
         runs=[run for t in ordered for run in t.billed_runs],
@@ -265,6 +294,54 @@ def successive_halving_sweep(
         "successive halving %s: tau=%g chosen on validation (%.2f%%); %d of %d taus stopped early; %d epochs "
         "instead of the grid's %d",
         base.name, chosen.config.temperature.tau, chosen.val_accuracy, len(result.pruned_taus), len(taus),
-        result.epochs_trained, len(taus) * base.train.epochs,
+        result.epochs_trained, len(taus) * epochs,
     )
     return result
+
+
+@dataclass(frozen=True)
+class ExpectedSearch:
+    """What successive halving is expected to train over a grid of ``n_taus`` values, before any training:
+    epochs per trial, averaged over ``orders`` random rankings of the taus (every ranking equally likely, and
+    kept from rung to rung). ``epochs_low`` and ``epochs_high`` are the 5th and 95th percentiles."""
+
+    n_taus: int
+    epochs: int
+    rungs: Tuple[int, ...]
+    orders: int
+    mean_epochs: float  # summed over the trials
+    epochs_low: float
+    epochs_high: float
+    mean_full_length: float  # trials that reach the full length
+
+    def cost(self, per_epoch: float, per_trial: float = 0.0) -> float:
+        """The expected cost when an epoch costs ``per_epoch`` and each trial pays ``per_trial`` once (its
+        teacher pass)."""
+        return self.mean_epochs * per_epoch + self.n_taus * per_trial
+
+    def ratio_to_grid(self, per_epoch: float, per_trial: float = 0.0) -> float:
+        """The expected cost over the full grid's (every tau trained for ``epochs``)."""
+        return self.cost(per_epoch, per_trial) / (self.n_taus * (self.epochs * per_epoch + per_trial))
+
+
+def expected_search(n_taus: int, epochs: int, settings: HalvingSettings = HalvingSettings(),
+                    orders: int = 200, seed: int = 0) -> ExpectedSearch:
+    """Project a search: run :func:`search` (Optuna's own pruner) on ``orders`` random rankings of the taus,
+    each trial's validation accuracy its rank at every epoch, and count the epochs each ranking trains."""
+    import numpy as np
+
+    if n_taus < 1:
+        raise ValueError(f"a search needs at least one tau; got {n_taus}")
+    rng = np.random.default_rng(seed)
+    taus = [float(t) for t in range(1, n_taus + 1)]
+    totals, full_length = [], []
+    for _ in range(int(orders)):
+        quality = dict(zip(taus, rng.permutation(n_taus).astype(float)))
+        seen = search(taus, epochs, settings, lambda tau, rung: [quality[tau]] * rung)
+        totals.append(sum(len(values) for values, _ in seen.values()))
+        full_length.append(sum(not pruned for _, pruned in seen.values()))
+    return ExpectedSearch(
+        n_taus=n_taus, epochs=int(epochs), rungs=settings.rungs(epochs), orders=int(orders),
+        mean_epochs=float(np.mean(totals)), epochs_low=float(np.percentile(totals, 5)),
+        epochs_high=float(np.percentile(totals, 95)), mean_full_length=float(np.mean(full_length)),
+    )

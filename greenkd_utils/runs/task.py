@@ -63,6 +63,7 @@ class RunCounts:
     images_evaluated: int = 0  # images read by the evaluation passes, the final one included
     teacher_forwards: int = 0  # samples through the teacher: every step's batch, or the training set once if cached
     teacher_outputs_reused: bool = False  # True once the teacher's outputs are cached for the whole run
+    teacher_passes: int = 0  # passes of the teacher over the whole training set (its outputs cached)
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
@@ -261,13 +262,13 @@ class Task:
         raise NotImplementedError
 
     @classmethod
-    def projected_training_flops(cls, flops: Dict[str, Any], epochs: int) -> float:
-        """Training FLOPs of a run of ``epochs`` epochs, from the ``flops`` record of a one-epoch run of the
-        same shape (the bill's calibration): every epoch repeats the first, except teacher outputs computed
-        once for the run."""
+    def projected_training_flops(cls, flops: Dict[str, Any], epochs: int, calibration_epochs: int = 1) -> float:
+        """Training FLOPs of a run of ``epochs`` epochs, from the ``flops`` record of a ``calibration_epochs``-epoch
+        run of the same shape (the bill's calibration): every epoch costs the same, except teacher outputs
+        computed once for the run."""
         per_sample = flops.get("per_sample", {}).get("teacher_forward", 0)
         once = per_sample * flops.get("teacher_forwards", 0) if flops.get("teacher_outputs_reused") else 0.0
-        return (float(flops["training_flops"]) - once) * epochs + once
+        return (float(flops["training_flops"]) - once) / calibration_epochs * epochs + once
 
     def describe_data(self) -> Dict[str, Any]:
         return self.data.describe()
