@@ -186,6 +186,16 @@ class Execution:
                 if m["msg_type"] in ("display_data", "execute_result") and "image/png" in m["content"]["data"]]
 
 
+def message_json(frame) -> str:
+    """A websocket frame's message as JSON text. A message with binary buffers (a widget's image) comes as one
+    binary frame: the number of parts, the offset of each, then the JSON message and the buffers."""
+    if isinstance(frame, str):
+        return frame
+    count = int.from_bytes(frame[:4], "big")
+    offsets = [int.from_bytes(frame[4 + 4 * i:8 + 4 * i], "big") for i in range(count)]
+    return frame[offsets[0]:offsets[1] if count > 1 else len(frame)].decode("utf-8")
+
+
 class KernelChannel:
     """The kernel's websocket at ``/api/kernels/<id>/channels``: JSON messages with a ``channel`` field."""
 
@@ -212,7 +222,7 @@ class KernelChannel:
             if remaining <= 0:
                 raise TimeoutError(f"{msg_type} got no complete answer within {timeout_s} s")
             self.socket.settimeout(remaining)
-            message = json.loads(self.socket.recv())
+            message = json.loads(message_json(self.socket.recv()))
             if message.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             if message["channel"] == "shell":

@@ -7,6 +7,7 @@ so a teacher trained by one notebook is reused by the next.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -43,6 +44,14 @@ def test_notebook_has_a_parameters_cell_with_profile_first(path):
     assert nb.metadata["kernelspec"]["name"] == "greenkd"
 
 
+def test_notebook_prose_names_only_notebooks_that_exist():
+    existing = {p.name for p in NOTEBOOKS}
+    for path in NOTEBOOKS:
+        prose = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+        named = set(re.findall(r"[A-Za-z0-9_]+\.ipynb", prose))
+        assert named <= existing, f"{path.name} names notebooks that do not exist: {sorted(named - existing)}"
+
+
 def test_every_notebook_is_smoke_tested():
     test_sources = "\n".join(p.read_text() for p in (REPO / "tests").glob("test_*.py"))
     untested = [p.stem for p in NOTEBOOKS if p.stem not in SMOKE_CHECKS and f'execute("{p.stem}"' not in test_sources]
@@ -53,6 +62,26 @@ def test_every_notebook_is_smoke_tested():
 def check_start_here(out: Path):
     assert (out / "start_here_softmax_temperature.png").stat().st_size > 0
     assert (out / "start_here_stochastic_run.pdf").stat().st_size > 0
+    # Under papermill the tau explorer draws its static figure, saved and shown, and offers no widget.
+    for suffix in (".png", ".pdf"):
+        assert (out / "start_here_tau_explorer").with_suffix(suffix).stat().st_size > 0
+    executed = nbformat.read(out / "00_start_here.ipynb", as_version=4)
+    explorer = next(c for c in executed.cells if "TauExplorer.from_runs" in c.source)
+    assert [o.output_type for o in explorer.outputs] == ["display_data"]
+    assert "image/png" in explorer.outputs[0].data
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in explorer.outputs)
+
+
+def check_explore_runs(out: Path):
+    # The module's store holds the start-here notebook's teacher and student by now (SMOKE_CHECKS run in order).
+    listing = pd.read_csv(out / "explore_runs_store.csv")
+    assert {"teacher", "kd_stochastic"} <= set(listing["method"])
+    assert set(listing["profile"]) == {"smoke"} and set(listing["energy_source"]) == {"estimated"}
+    assert "(estimated)" in (out / "explore_runs_store.md").read_text()
+    assert (out / "explore_runs_first_run.png").stat().st_size > 0
+    provenance = pd.read_csv(out / "explore_runs_first_run_provenance.csv").set_index("field")["value"]
+    assert provenance["executor"] == "local" and provenance["torch threads"] == "1"
+    assert "version: torch" in provenance.index
 
 
 def check_table1(out: Path):
@@ -105,6 +134,7 @@ def check_table4(out: Path):
 
 SMOKE_CHECKS = {
     "00_start_here": check_start_here,
+    "explore_runs": check_explore_runs,
     "table1_carbon_footprint": check_table1,
     "table4_kd_losses": check_table4,
 }

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 from greenkd_utils.paper import (
     beyond_temperature_strategies,
     experiments,
+    explore_runs,
     figure1_carbon_curves,
     figure3_temperature_and_batch,
     figure4_logits_gradcam_confusion,
@@ -44,6 +45,7 @@ def _without_settings(needed_runs):
 NOTEBOOKS: Dict[str, Callable[..., None]] = {
     "00_start_here": _without_settings(_start_here_runs),
     "beyond_temperature_strategies": beyond_temperature_strategies.needed_runs,
+    "explore_runs": _without_settings(explore_runs.needed_runs),
     "figure1_carbon_curves": _without_settings(figure1_carbon_curves.needed_runs),
     "figure3_temperature_and_batch": figure3_temperature_and_batch.needed_runs,
     "figure4_logits_gradcam_confusion": _without_settings(figure4_logits_gradcam_confusion.needed_runs),

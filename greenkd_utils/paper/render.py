@@ -22,6 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # beyond-the-paper notebook trains successive halving's rungs. They render after the others, one at a time,
 # with nothing else running, so that their numbers are their own.
 MEASURES_IN_KERNEL = ("figure1_carbon_curves", "beyond_temperature_strategies")
+# The notebook that lists what the store holds renders last, once every other notebook has trained what it trains.
+LISTS_THE_STORE = ("explore_runs",)
 
 
 def render_one(notebook: Path, out: Path, parameters: List[Tuple[str, str]], kernel: str,
@@ -54,6 +56,8 @@ def render(notebooks: List[Path], out: Path, parameters: List[Tuple[str, str]], 
         where = f" (executed copy with the error: {out / (name + '.ipynb')})" if status == "failed" else ""
         print(f"=== {name} {'done' if status == 'ok' else 'FAILED'} in {seconds:.0f}s{where} ===", flush=True)
 
+    last = [nb for nb in notebooks if nb.stem in LISTS_THE_STORE]
+    notebooks = [nb for nb in notebooks if nb.stem not in LISTS_THE_STORE]
     alone = [nb for nb in notebooks if nb.stem in MEASURES_IN_KERNEL]
     together = [nb for nb in notebooks if nb.stem not in MEASURES_IN_KERNEL]
     if executor == "local" or _on_gpu_machine():
@@ -61,7 +65,7 @@ def render(notebooks: List[Path], out: Path, parameters: List[Tuple[str, str]], 
         together, alone = [], together + alone
     if together:
         _render_on_ray(together, out, parameters, kernel, address, note)
-    for notebook in alone:
+    for notebook in alone + last:
         print(f"=== {notebook.stem} ===", flush=True)
         note(*render_one(notebook, out, parameters, kernel))
     return statuses

@@ -104,3 +104,13 @@ def declared_knobs(namespace: Mapping[str, Any]) -> Dict[str, Any]:
             given[canonical] = namespace[canonical]
         values[canonical] = resolve_aliases(given)[canonical]
     return {name: parse(name, value) if name in KNOBS else value for name, value in values.items()}
+
+
+def executed_by_papermill(namespace: Mapping[str, Any]) -> bool:
+    """Whether papermill runs this notebook: its injected parameters cell is in the kernel's history.
+
+    A notebook run by papermill has no front end to render widgets, so a cell that offers them draws its
+    static figure instead.
+    """
+    executed = list(namespace.get("In") or [])[:-1]
+    return any(source.lstrip().startswith(INJECTED_CELL_HEADER) for source in executed)

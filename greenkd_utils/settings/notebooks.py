@@ -102,6 +102,8 @@ FAMILIES: Dict[str, Family] = {
 NOTEBOOK_FAMILIES: Dict[str, str] = {
     "00_start_here": "classification",
     "beyond_temperature_strategies": "beyond",
+    # Reads whatever the store holds; its knobs are those of the notebooks whose command line it shares.
+    "explore_runs": "classification",
     "figure1_carbon_curves": "classification",
     "figure3_temperature_and_batch": "extra_tables",
     "figure4_logits_gradcam_confusion": "classification",
