@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def ray_runtime():
     """One local Ray runtime with 2 CPUs for the module (starting one costs seconds)."""
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": a runtime of its own, whatever cluster a session file left in Ray's temporary folder names.
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     yield
     ray.shutdown()
 

@@ -184,14 +184,49 @@ def test_the_sbatch_template_calls_run_all_with_flags_it_accepts():
     assert "scripts/slurm/greenkd.sbatch" in (REPO / "docs" / "clusters.md").read_text()
 
 
-def test_run_all_with_ray_trains_renders_and_sets_the_bill_beside_the_measurement(tmp_path):
+def test_the_sbatch_template_names_what_it_lacks_and_the_cluster_it_cannot_reach(tmp_path):
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GREENKD_", "SLURM_"))}
+    done = subprocess.run(["bash", str(SBATCH)], cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and "the paper profile needs GREENKD_DATA_ROOT" in done.stderr, done.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    env.update(GREENKD_PROFILE="smoke", GREENKD_RAY_ADDRESS=address, GREENKD_RAY_TMPDIR=str(tmp_path))
+    done = subprocess.run(["bash", str(SBATCH)], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"cannot reach the Ray cluster at {address}: ConnectionRefusedError" in done.stderr, done.stderr
+
+
+@pytest.fixture
+def stale_ray_session():
+    """A Ray temporary folder whose session file names a head that died without cleaning up (a killed
+    ``ray start --head``): the environment that points Ray at it."""
+    import shutil
+    import socket
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="gkray", dir="/tmp"))  # short: Ray's socket paths live in it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    (folder / "ray").mkdir()
+    (folder / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead_port}")
+    yield {"RAY_TMPDIR": str(folder)}
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_run_all_with_ray_trains_renders_and_sets_the_bill_beside_the_measurement(tmp_path, stale_ray_session):
     import json
 
     results, out = tmp_path / "results", tmp_path / "figures"
+    # Without --address the executor starts a runtime of its own, whatever a stale session file says.
     done = subprocess.run(
         ["bash", str(REPO / "run_all.sh"), "--profile", "smoke", "--executor", "ray", "--results-dir", str(results),
          "--output-dir", str(out), "--only", "00_start_here"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "GREENKD_PROGRESS": "0"},
+        capture_output=True, text=True, timeout=900,
+        env={**os.environ, "GREENKD_PROGRESS": "0", **stale_ray_session},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (out / "00_start_here.ipynb").is_file() and (out / "00_start_here.log").is_file()

@@ -239,6 +239,9 @@ class Concurrency:
     executor: str = "local"
     runs_sharing_node: int = 1
     one_run_per_gpu: bool = False
+    # The Ray node that trained the run and its address (None outside Ray): which machine of a cluster it was.
+    ray_node_id: Optional[str] = None
+    node_ip: Optional[str] = None
 
     @property
     def host_shared(self) -> bool:
@@ -254,8 +257,9 @@ class Concurrency:
                 "concurrent runs, so it is not used)")
 
     def record(self) -> Dict[str, Any]:
-        """The settings above, where the run ran (host and process) and how its energy was attributed."""
-        where = {"host": socket.gethostname(), "pid": os.getpid()}
+        """The settings above, where the run ran (host, process, and the Slurm job it ran in, if any) and how
+        its energy was attributed."""
+        where = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         return {**dataclasses.asdict(self), **where, "energy_attribution": self.energy_attribution()}
 
 

@@ -1,8 +1,8 @@
 """Who trains the runs of a :class:`~greenkd_utils.runs.plan.RunPlan`: this process, one after the other
 (``local``), or Ray, in parallel (``ray``).
 
-``ray`` starts a local Ray runtime with every core (and every GPU, one run per GPU), or joins an existing
-cluster at ``address``. Each run is one Ray task that calls the lifecycle's ``train``; a run waits for the
+``ray`` starts a local Ray runtime of its own with every core (and every GPU, one run per GPU), or joins an
+existing cluster at ``address``. Each run is one Ray task that calls the lifecycle's ``train``; a run waits for the
 runs it needs (its teacher) through Ray's own dependency tracking, so a shared teacher is trained once, before
 its students, and the students then fan out. Nothing here is Ray-specific about *what* a run does:
 
@@ -11,14 +11,15 @@ its students, and the students then fan out. Nothing here is Ray-specific about 
 - the run store's lock per run makes a second invocation (another ``run_all.sh``, another notebook) wait
   for a run in progress and then load it, never train it again;
 - each task tells the lifecycle how many runs share its machine, so the record says how its energy was
-  attributed (:class:`~greenkd_utils.runs.execution.Concurrency`).
+  attributed (:class:`~greenkd_utils.runs.execution.Concurrency`), and which Ray node trained it.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
 from tqdm.auto import tqdm
@@ -98,7 +99,12 @@ class LocalExecutor:
 def _train_on_worker(config, store_root: str, device: str, data_root, options: Dict[str, Any],
                      concurrency: Concurrency, *dependencies_done: str) -> str:
     """One Ray task: the lifecycle's ``train`` in a worker process (its dependencies finished before it)."""
-    with running_under(concurrency):
+    import ray
+
+    # The node is this attempt's: a retry after a lost node records the node that finished the run.
+    where = replace(concurrency, ray_node_id=ray.get_runtime_context().get_node_id(),
+                                node_ip=ray.util.get_node_ip_address())
+    with running_under(where):
         train(config, RunStore(store_root), device, data_root, progress=False, **options)
     return config.key
 
@@ -142,7 +148,10 @@ class RayExecutor:
         on_gpu = self._init(ray, device)
         per_node = _runs_per_node(ray, on_gpu)
         concurrency = Concurrency(executor="ray", runs_sharing_node=per_node, one_run_per_gpu=on_gpu)
-        remote = ray.remote(max_retries=self.retries, retry_exceptions=False)(_train_on_worker)
+        # SPREAD: runs go round the nodes. Ray's default packs a node first, and its view of a busy node lags,
+        # so a burst of ready runs can queue on one node while another sits idle.
+        remote = ray.remote(max_retries=self.retries, retry_exceptions=False, scheduling_strategy="SPREAD")(
+            _train_on_worker)
         run_device = "cuda" if on_gpu else "cpu"
 
         refs: Dict[str, Any] = {}
@@ -176,11 +185,31 @@ def start_ray(address: Optional[str] = None, **local):
 
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=False)
+            _reach(address)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except Exception as err:
+                raise ConnectionError(
+                    f"cannot join the Ray cluster at {address!r}: {type(err).__name__}: {err}") from err
         else:
-            # address="local": a runtime of our own, never whatever cluster a stale session file names.
+            # address="local": a runtime of our own, never whatever cluster a stale session file
+            # (ray_current_cluster, left by a head that died) or RAY_ADDRESS names.
             ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
     return ray
+
+
+def _reach(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once, naming ``address`` and the error, when nothing answers there: Ray itself retries an
+    unreachable head for minutes before it gives up."""
+    if address == "auto":
+        return  # Ray looks the cluster up itself
+    host, _, port = address.replace("ray://", "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"a Ray cluster's address is HOST:PORT (or 'auto'); got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {type(err).__name__}: {err}") from err
 
 
 def _resources(run: PlannedRun, on_gpu: bool) -> Dict[str, float]:
@@ -191,11 +220,15 @@ def _resources(run: PlannedRun, on_gpu: bool) -> Dict[str, float]:
 
 
 def _runs_per_node(ray, on_gpu: bool) -> int:
-    """How many runs may execute at once on one machine of the cluster (the largest node)."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    """How many runs may execute at once on one machine of the cluster (the largest). Ray nodes that share an
+    address share a machine (several Ray nodes on one host), so their slots add up."""
     key = "GPU" if on_gpu else "CPU"
-    counts = [int(n.get("Resources", {}).get(key, 0)) for n in nodes]
-    return max(counts + [1])
+    per_host: Dict[str, int] = {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            host = node.get("NodeManagerAddress", "")
+            per_host[host] = per_host.get(host, 0) + int(node.get("Resources", {}).get(key, 0))
+    return max([*per_host.values(), 1])
 
 
 def _cause(err: Exception) -> str:
