@@ -4,6 +4,8 @@ expectation beside its grid's cost."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from greenkd_utils.core.config import TemperatureSpec
@@ -25,7 +27,7 @@ def test_by_epoch_is_first_then_the_second_for_every_later_epoch_then_the_tail()
 
 def test_a_run_is_projected_from_its_calibrations_epochs_not_from_its_flops(smoke):
     config = smoke.kd_config("digits", 0, "hkd", TemperatureSpec.fixed(4.0))
-    config = config.replace(train=config.train.__class__(**{**config.train.__dict__, "epochs": 30}))
+    config = config.replace(train=dataclasses.replace(config.train, epochs=30))
     shape = calibration_config(config)
     # The teacher pass is 90% of the calibration's FLOPs but a small share of its time.
     flops = {"training_flops": 1.0e12, "teacher_outputs_reused": True, "teacher_forwards": 900,

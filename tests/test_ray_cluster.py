@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,8 +22,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from greenkd_utils.paper.needed_runs import plan_notebooks  # noqa: E402
 from greenkd_utils.paper.plan import main as plan_cli  # noqa: E402
 from greenkd_utils.runs.executors import LocalExecutor, RayExecutor, start_ray  # noqa: E402
-from greenkd_utils.runs.plan import RunPlan  # noqa: E402
-from greenkd_utils.runs.store import CHECKPOINT_FILE, RunStore  # noqa: E402
+from greenkd_utils.runs.store import RunStore  # noqa: E402
+from tiny_runs import train_past_first_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # Four runs: a teacher, then three students at once, more than one worker node holds.
@@ -115,18 +114,8 @@ def test_a_run_whose_node_is_removed_resumes_on_a_surviving_node(cluster, tmp_pa
     made, workers = cluster
     config = smoke.student_config("digits", 0).replace(train=smoke.train_settings("student", epochs=30),
                                                        train_subset=256)
-    plan = RunPlan()
-    plan.add(config, "test")
     store = RunStore(tmp_path / "store")
-    result = {}
-    driver = threading.Thread(target=lambda: result.update(
-        summary=RayExecutor(address=made.address, retries=2).run(plan, store, device="cpu", progress=False)))
-    driver.start()
-    checkpoint = store.run_dir(config) / CHECKPOINT_FILE
-    deadline = time.monotonic() + 180
-    while not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert checkpoint.exists(), "the run wrote no checkpoint within 180 s"
+    driver, result, plan = train_past_first_checkpoint(RayExecutor(address=made.address, retries=2), config, store, 180)
     pid = starts(store, config.key)[0]["pid"]
     # A Ray worker process is a child of its node's raylet.
     raylets = {node.all_processes["raylet"][0].process.pid: node for node in workers}

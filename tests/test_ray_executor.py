@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +19,8 @@ from greenkd_utils.core.config import TemperatureSpec  # noqa: E402
 from greenkd_utils.paper.needed_runs import plan_notebooks  # noqa: E402
 from greenkd_utils.runs.executors import LocalExecutor, RayExecutor, make_executor  # noqa: E402
 from greenkd_utils.runs.plan import RunPlan  # noqa: E402
-from greenkd_utils.runs.store import CHECKPOINT_FILE, RunStore  # noqa: E402
+from greenkd_utils.runs.store import RunStore  # noqa: E402
+from tiny_runs import train_past_first_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,18 +85,8 @@ def test_a_shared_teacher_is_trained_once_when_its_students_start_together(ray_r
 def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(ray_runtime, tmp_path, smoke):
     config = smoke.student_config("digits", 0).replace(
         train=smoke.train_settings("student", epochs=60), train_subset=256)
-    plan = RunPlan()
-    plan.add(config, "test")
     store = RunStore(tmp_path / "killed")
-    result = {}
-    worker = threading.Thread(target=lambda: result.update(
-        summary=RayExecutor(retries=2).run(plan, store, device="cpu", progress=False)))
-    worker.start()
-    checkpoint = store.run_dir(config) / CHECKPOINT_FILE
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert checkpoint.exists(), "the run wrote no checkpoint within 120 s"
+    worker, result, plan = train_past_first_checkpoint(RayExecutor(retries=2), config, store, 120)
     victim = [e for e in store.training_log() if e["key"] == config.key][0]["pid"]
     os.kill(victim, signal.SIGKILL)
     worker.join(timeout=300)

@@ -1,7 +1,12 @@
-"""Small runs the tests share: a data-free KD and a detection KD config of a few seconds on the CPU, and an
-interruption of a run in its second epoch (a process killed after its first checkpoint)."""
+"""Small runs the tests share: a data-free KD and a detection KD config of a few seconds on the CPU, an
+interruption of a run in its second epoch (a process killed after its first checkpoint), and a run trained by
+an executor in the background, past its first checkpoint (for killing its worker)."""
 
 from __future__ import annotations
+
+import threading
+import time
+from typing import Dict, Tuple
 
 import pytest
 
@@ -11,6 +16,8 @@ from greenkd_utils.core.detection.models import AnchorSettings
 from greenkd_utils.core.detection.shapes import ShapesSettings
 from greenkd_utils.core.dfkd.config import DFKDConfig, SynthesisSettings
 from greenkd_utils.runs import lifecycle
+from greenkd_utils.runs.plan import RunPlan
+from greenkd_utils.runs.store import CHECKPOINT_FILE
 from greenkd_utils.settings.profiles import load_profile
 
 
@@ -54,3 +61,21 @@ def interrupt_in_second_epoch(task_type, config, store, monkeypatch) -> None:
         patch.setattr(task_type, "batches", crash_in_second_epoch)
         with pytest.raises(KeyboardInterrupt):
             lifecycle.train(config, store, "cpu", progress=False)
+
+
+def train_past_first_checkpoint(executor, config, store, timeout_s: float) -> Tuple[threading.Thread, Dict, RunPlan]:
+    """Start ``executor`` training ``config`` alone in a thread, and return once the run's first checkpoint is on
+    disk (it is then in its second epoch): the thread, the dict that receives the executor's ``summary``, and
+    the plan it runs."""
+    plan = RunPlan()
+    plan.add(config, "test")
+    result: Dict = {}
+    thread = threading.Thread(target=lambda: result.update(
+        summary=executor.run(plan, store, device="cpu", progress=False)))
+    thread.start()
+    checkpoint = store.run_dir(config) / CHECKPOINT_FILE
+    deadline = time.monotonic() + timeout_s
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), f"the run wrote no checkpoint within {timeout_s:g} s"
+    return thread, result, plan

@@ -32,11 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from greenkd_utils.core.config import RunConfig, TemperatureSpec
 from greenkd_utils.runs.lifecycle import train as train_run
@@ -324,12 +327,12 @@ class ExpectedSearch:
         return self.cost(per_epoch, per_trial) / (self.n_taus * (self.epochs * per_epoch + per_trial))
 
 
+@functools.lru_cache(maxsize=None)
 def expected_search(n_taus: int, epochs: int, settings: HalvingSettings = HalvingSettings(),
                     orders: int = 200, seed: int = 0) -> ExpectedSearch:
     """Project a search: run :func:`search` (Optuna's own pruner) on ``orders`` random rankings of the taus,
-    each trial's validation accuracy its rank at every epoch, and count the epochs each ranking trains."""
-    import numpy as np
-
+    each trial's validation accuracy its rank at every epoch, and count the epochs each ranking trains. The
+    plan asks once per seed for the same grid: the answer is computed once per process."""
     if n_taus < 1:
         raise ValueError(f"a search needs at least one tau; got {n_taus}")
     rng = np.random.default_rng(seed)
